@@ -1,0 +1,109 @@
+"""The experiment schema: every config field, its default, and validation.
+
+Experiment files in `configs/` start from `base_config()` and change what they need, so every
+default lives here, in one place, and library code reads fields directly (never
+`config.get(key, default)`). The returned config is locked: a misspelt key on the command line
+(`--config.optim.learning_rat=0.1`) fails instead of being silently added.
+"""
+
+import ml_collections
+
+STRATEGIES = ("jit",)
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+DTYPES = ("float32", "bfloat16")
+BEST_METRICS = ("accuracy", "top5_accuracy", "loss")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full schema with defaults (a small CNN on the embedded shapes dataset)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "synthetic_shapes/size32"  # Ours (see vision_jax.data.builders) or any TFDS name.
+  c.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: TFDS default.
+  c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)  # Local raw files.
+  c.dataset.train_split = "train"
+  c.dataset.eval_split = "test"
+  c.dataset.prepare = True  # Build the array_record files if missing (needs TensorFlow once).
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 128  # Global: split over all devices of all processes.
+  c.input.eval_batch_size = 256
+  c.input.image_size = ml_collections.FieldReference(None, field_type=int)  # None: keep size.
+  c.input.crop_padding = 4  # Random crop after zero padding; 0 disables.
+  c.input.random_flip = True  # Horizontal flips in training.
+  c.input.mean = (0.5,)  # Per channel (or one value for all), on [0, 1] pixels.
+  c.input.std = (0.25,)
+  c.input.num_workers = 0  # grain worker processes; 0 reads in the main process.
+  c.input.prefetch = 2  # Batches read ahead by grain's threads.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "simple_cnn"
+  c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
+  c.model.kwargs = ml_collections.ConfigDict()  # Model-specific fields, e.g. dropout_rate.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 1e-3  # Peak, reached after warmup.
+  c.optim.momentum = 0.9  # SGD only.
+  c.optim.nesterov = True  # SGD only.
+  c.optim.weight_decay = 1e-4  # Decoupled (AdamW) or added to the gradient (SGD).
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 100
+  c.optim.grad_clip_norm = 0.0  # 0 disables global-norm clipping.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_epochs = 10.0
+  c.train.num_steps = ml_collections.FieldReference(None, field_type=int)  # Overrides epochs.
+  c.train.label_smoothing = 0.0
+  c.train.ema_decay = 0.0  # 0 disables the exponential moving average of weights.
+  c.train.log_every = 50
+  c.train.eval_every = 500  # Also evaluates at the end.
+  c.train.checkpoint_every = 500  # Also saves at the end and on SIGTERM.
+  c.train.keep_checkpoints = 2  # The last K, plus the best by best_metric.
+  c.train.best_metric = "accuracy"
+  c.train.progress_bar = True
+
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.strategy = "jit"
+  c.lock()
+  return c
+
+
+def _check_choice(field: str, value, choices) -> None:
+  if value not in choices:
+    raise ValueError(f"config.{field}={value!r} is not valid; valid choices: {list(choices)}")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Fails early, naming the bad value and the valid choices.
+
+  Args:
+    config: an experiment config built from `base_config()`.
+    num_devices: the number of devices the global batch is split over.
+
+  Raises:
+    ValueError: for an unknown name or a batch size that does not divide over the devices.
+  """
+  from vision_jax import models  # Imported here: the schema itself must stay import-light.
+
+  _check_choice("model.name", config.model.name, sorted(models.MODELS))
+  _check_choice("model.dtype", config.model.dtype, DTYPES)
+  _check_choice("optim.name", config.optim.name, OPTIMIZERS)
+  _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
+  _check_choice("train.best_metric", config.train.best_metric, BEST_METRICS)
+  _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
+  for field in ("batch_size", "eval_batch_size"):
+    size = config.input[field]
+    if size <= 0 or size % num_devices:
+      raise ValueError(
+          f"config.input.{field}={size} must be a positive multiple of the device count "
+          f"({num_devices}) so that every device gets the same share; try "
+          f"{max(num_devices, size // num_devices * num_devices)}.")
+  if config.train.num_steps is None and config.train.num_epochs <= 0:
+    raise ValueError(f"config.train.num_epochs={config.train.num_epochs} must be > 0.")
+  if len(config.input.mean) != len(config.input.std):
+    raise ValueError(f"config.input.mean {config.input.mean} and std {config.input.std} differ "
+                     "in length.")

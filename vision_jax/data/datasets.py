@@ -1,0 +1,79 @@
+"""Finds a dataset by name, prepares its array_record files once, and opens a split.
+
+Our own builders (`vision_jax.data.builders.BUILDERS`) and every stock TFDS dataset go through
+the same path: `tfds.builder` → `download_and_prepare(file_format='array_record')` (the only
+step that needs TensorFlow) → `tfds.data_source`, a random-access source of numpy dicts that
+grain reads without TensorFlow.
+"""
+
+import dataclasses
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from vision_jax.data import builders
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of the code needs to know about a dataset."""
+  name: str
+  num_classes: int
+  image_shape: tuple[int, ...] | None  # (H, W, C); None when images vary in size.
+  split_sizes: dict[str, int]
+
+
+def _base_name(name: str) -> str:
+  return name.split("/")[0].split(":")[0]
+
+
+def check_name(name: str) -> None:
+  """Raises a ValueError naming the valid choices when `name` is no known dataset."""
+  base = _base_name(name)
+  if base in builders.BUILDERS or base in tfds.list_builders(with_community_datasets=False):
+    return
+  raise ValueError(
+      f"Unknown dataset {name!r}; valid choices: the project's own {sorted(builders.BUILDERS)} "
+      "or any TFDS dataset name (e.g. 'mnist', 'cifar10', 'cifar100', 'imagenet2012'; "
+      "see tfds.list_builders()).")
+
+
+def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder for `config.name`, preparing it first if asked and needed.
+
+  Args:
+    config: the `dataset` section of an experiment config.
+
+  Raises:
+    ValueError: for an unknown name.
+    FileNotFoundError: when the data is not prepared and `config.prepare` is False.
+  """
+  check_name(config.name)
+  builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+  if not builder.is_prepared():
+    if not config.prepare:
+      raise FileNotFoundError(
+          f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
+          "config.dataset.prepare=False; prepare it once with TensorFlow installed, e.g. "
+          f"`python -m vision_jax.data.prepare {config.name}`.")
+    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  return builder
+
+
+def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
+  """Summarises a prepared builder for model construction and step counting."""
+  features = builder.info.features
+  shape = features["image"].shape
+  return DatasetInfo(
+      name=builder.info.full_name,
+      num_classes=features["label"].num_classes,
+      image_shape=tuple(shape) if None not in shape else None,
+      split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str):
+  """Returns a random-access source of numpy dicts for `split` (no TensorFlow needed)."""
+  return builder.as_data_source(split=split)  # TFDS names the valid splits if `split` is bad.
+
+

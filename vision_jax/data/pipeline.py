@@ -1,0 +1,116 @@
+"""grain input pipelines over TFDS data sources, feeding global `jax.Array` batches.
+
+Training: each JAX process reads its own shard, shuffled with a seed (a new order every epoch),
+augmented with per-record seeded randomness, batched to `batch_size / process_count`, read ahead
+by grain's threads (and worker processes if asked). The iterator's state is a small JSON blob
+that goes into every checkpoint, so a resumed run continues at the exact same example.
+
+Evaluation: one pass in order; the last batch is padded and carries `weight` 0 on the padding,
+so metrics are exact and every device always sees the same batch shape (no recompilation).
+"""
+
+import math
+from typing import Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from vision_jax.data import transforms
+
+_KEYS = ("image", "label")
+
+
+def _normalize_op(config: ml_collections.ConfigDict) -> transforms.MapFn:
+  mean = np.asarray(config.mean, np.float32)
+  std = np.asarray(config.std, np.float32)
+  return transforms.MapFn(transforms.normalize, {"mean": mean, "std": std})
+
+
+def _common_ops(config: ml_collections.ConfigDict) -> list:
+  ops = [transforms.MapFn(transforms.select, {"keys": _KEYS})]
+  if config.image_size is not None:
+    ops.append(transforms.MapFn(transforms.resize_and_center_crop, {"size": config.image_size}))
+  return ops
+
+
+def train_operations(config: ml_collections.ConfigDict) -> list:
+  """grain operations for training, from the `input` config section (batching excluded)."""
+  ops = _common_ops(config)
+  if config.crop_padding:
+    ops.append(transforms.RandomMapFn(transforms.pad_and_random_crop,
+                                      {"padding": config.crop_padding}))
+  if config.random_flip:
+    ops.append(transforms.RandomMapFn(transforms.random_flip))
+  return ops + [_normalize_op(config)]
+
+
+def eval_operations(config: ml_collections.ConfigDict) -> list:
+  """grain operations for evaluation: no augmentation."""
+  return _common_ops(config) + [_normalize_op(config)]
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """This process's share of a global batch."""
+  return global_batch_size // jax.process_count()
+
+
+def train_loader(config: ml_collections.ConfigDict, source, seed: int) -> grain.DataLoader:
+  """An endless, shuffled, augmented, batched loader of this process's shard.
+
+  Args:
+    config: the `input` config section.
+    source: a random-access data source (e.g. from `datasets.open_split`).
+    seed: shuffling and augmentation seed.
+
+  Returns:
+    A `grain.DataLoader`; `iter()` of it has `get_state()` / `set_state()`.
+  """
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
+  batch = grain.transforms.Batch(local_batch_size(config.batch_size), drop_remainder=True)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, operations=train_operations(config) + [batch],
+      worker_count=config.num_workers, shard_options=shard,
+      read_options=grain.ReadOptions(num_threads=max(1, config.prefetch),
+                                     prefetch_buffer_size=max(1, config.prefetch)))
+
+
+def _pad(batch: dict, size: int) -> dict:
+  """Pads every array to `size` rows and adds `weight` (1 real, 0 padding)."""
+  n = len(batch["label"])
+  out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
+         for k, v in batch.items()}
+  out["weight"] = (np.arange(size) < n).astype(np.float32)
+  return out
+
+
+def eval_batches(config: ml_collections.ConfigDict, source) -> Iterator[dict]:
+  """One ordered pass over this process's shard in padded batches with a `weight` field.
+
+  Every process yields the same number of batches (the largest shard's count), padding with
+  empty batches where its shard is shorter, so collective eval steps never wait forever.
+  """
+  size = local_batch_size(config.eval_batch_size)
+  shard = grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=shard, shuffle=False, num_epochs=1)
+  loader = grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=eval_operations(config) + [grain.transforms.Batch(size)],
+      worker_count=config.num_workers, shard_options=shard)
+  num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
+  template = None
+  for batch in loader:
+    template = batch
+    num_batches -= 1
+    yield _pad(batch, size)
+  for _ in range(num_batches):  # Only where this process's shard is shorter.
+    yield _pad({k: v[:0] for k, v in template.items()}, size)
+
+
+def to_global(batch: dict, sharding: jax.sharding.Sharding) -> dict:
+  """Assembles each process's local numpy batch into one global array per key."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

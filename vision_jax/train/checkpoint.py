@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state and the data-iterator position.
+
+Saves are asynchronous (training goes on while the arrays are written) and atomic (Orbax
+writes into a temporary directory and renames it when complete; a half-written step is never
+restored). Kept: the last `keep` steps plus the best one by an eval metric.
+"""
+
+import orbax.checkpoint as ocp
+import grain
+from orbax.checkpoint import checkpoint_managers
+
+_LOWER_IS_BETTER = ("loss",)
+
+
+class Checkpointer:
+  """A `CheckpointManager` for `{state, data}` items with the project's retention policy.
+
+  Args:
+    directory: where step directories go (absolute path).
+    keep: how many of the most recent checkpoints to keep.
+    best_metric: eval metric name that ranks checkpoints; the best one is kept too.
+  """
+
+  def __init__(self, directory: str, *, keep: int, best_metric: str):
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep),
+        checkpoint_managers.BestN(
+            get_metric_fn=lambda metrics: metrics[best_metric],
+            reverse=best_metric in _LOWER_IS_BETTER, n=1,
+            keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                           enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(directory, options=options)
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """Steps of every kept checkpoint, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The kept checkpoint with the best eval metric, or None."""
+    return self._manager.best_step()
+
+  def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
+    """Starts an asynchronous save of `state` and the data iterator's position at `step`."""
+    if step in self._manager.all_steps():
+      return  # Already saved (e.g. a periodic save followed by the final one).
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=grain.checkpoint.CheckpointSave(data_iterator))
+    self._manager.save(step, args=args, metrics=metrics, force=True)
+
+  def restore(self, step: int, abstract_state, data_iterator):
+    """Restores the state onto the shardings in `abstract_state`; moves the iterator in place.
+
+    Args:
+      step: which checkpoint.
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the state;
+        restoring onto it re-shards to whatever devices this run has.
+      data_iterator: a grain iterator whose position is set to the saved one.
+
+    Returns:
+      The restored state.
+    """
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              data=grain.checkpoint.CheckpointRestore(data_iterator))
+    return self._manager.restore(step, args=args).state
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager's resources."""
+    self._manager.close()

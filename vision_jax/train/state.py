@@ -1,0 +1,79 @@
+"""The train state: one pytree holding everything a training step reads and writes."""
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from vision_jax.train import parallel
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training, and nothing else (all of it is checkpointed).
+
+  Attributes:
+    step: optimiser steps taken.
+    params: model parameters (float32).
+    batch_stats: BatchNorm running statistics (empty dict for models without BN).
+    opt_state: optimiser state.
+    rng: the run's base key; each step folds in its step number, so nothing is consumed.
+    ema_params: exponential moving average of `params`, or None when disabled.
+    apply_fn: `model.apply` (static: not part of the pytree).
+    tx: the optimiser (static).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  rng: jax.Array
+  ema_params: Any = None
+  apply_fn: Callable = flax.struct.field(pytree_node=False, default=None)
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
+
+  def apply_gradients(self, grads, batch_stats, ema_decay: float) -> "TrainState":
+    """One optimiser update; also refreshes BN statistics and the weight EMA."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    ema = self.ema_params
+    if ema is not None:
+      ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+    return self.replace(step=self.step + 1, params=params, batch_stats=batch_stats,
+                        opt_state=opt_state, ema_params=ema)
+
+  def eval_variables(self) -> dict:
+    """Variables to evaluate with: the EMA weights when kept, else the live ones."""
+    params = self.params if self.ema_params is None else self.ema_params
+    return {"params": params, "batch_stats": self.batch_stats}
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+                       use_ema: bool) -> TrainState:
+  """Initialises the state directly on the devices, replicated over the mesh.
+
+  Shapes come from `jax.eval_shape` first, so the state is allocated once, in place, by a jitted
+  initialiser with explicit output shardings (no host round trip).
+
+  Args:
+    model: a registry model (`__call__(x, train) -> (logits, features)`).
+    tx: the optimiser.
+    rng: base key of the run.
+    image_shape: (H, W, C) of one input image.
+    mesh: the device mesh.
+    use_ema: keep an exponential moving average of the weights.
+  """
+  def init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng,
+        ema_params=params if use_ema else None, apply_fn=model.apply, tx=tx)
+
+  abstract = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  return jax.jit(init, out_shardings=shardings)(rng)
