@@ -49,7 +49,7 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float,
   metrics = {
       "loss": loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "grad_norm": optax.global_norm(grads),
+      "grad_norm": optax.tree.norm(grads),
   }
   return new_state, metrics
 

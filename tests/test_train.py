@@ -1,0 +1,145 @@
+"""Training loop, steps and config checks, on 8 fake CPU devices and TFDS mock data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from vision_jax import config as config_lib
+from vision_jax import models
+from vision_jax.train import checkpoint, loop, parallel, steps
+from vision_jax.train.state import create_train_state
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(dataset: str = "cifar10", num_steps: int = 2):
+  c = config_lib.base_config()
+  c.dataset.name = dataset
+  c.input.batch_size = 16
+  c.input.eval_batch_size = 16
+  c.train.num_steps = num_steps
+  c.train.log_every = 1
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 1000
+  c.train.progress_bar = False
+  return c
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_one_step_end_to_end_on_mock_data(tmp_path, dataset):
+  with tfds.testing.mock_data(num_examples=24):
+    result = loop.train_and_evaluate(tiny_config(dataset, num_steps=1), str(tmp_path))
+  assert result["step"] == 1 and result["num_examples"] == 24  # 24 = one full + one padded batch
+  assert 0.0 <= result["accuracy"] <= result["top5_accuracy"] <= 1.0
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert {r["split"] for r in records} == {"train", "eval"}
+  assert json.load(open(tmp_path / "config.json"))["dataset"]["name"] == dataset
+  assert (tmp_path / "curves.png").stat().st_size > 0
+  assert os.listdir(tmp_path / "tensorboard")
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2,
+                                 best_metric="accuracy").latest_step() == 1
+
+
+def _state(mesh, model_name="resnet20"):
+  model = models.get_model(model_name, num_classes=10)
+  tx = optax.sgd(0.1, momentum=0.9)
+  return create_train_state(model, tx, jax.random.key(0), (32, 32, 3), mesh, use_ema=True)
+
+
+def _batch(seed=0, batch_size=16):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+          "label": rng.integers(0, 10, size=batch_size)}
+
+
+def test_train_and_eval_steps_compile_only_once():
+  mesh = parallel.make_mesh()
+  state = _state(mesh, "simple_cnn")
+  train_step, eval_step = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99)
+  sharding = parallel.data_sharding(mesh)
+  compiles = []
+  def on_event(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+  for seed in range(4):
+    if seed == 1:  # Everything after the first step must reuse the compiled programs.
+      jax.monitoring.register_event_duration_secs_listener(on_event)
+    batch = _batch(seed)
+    state, metrics = train_step(state, jax.device_put(batch, sharding))
+    batch["weight"] = np.ones(16, np.float32)
+    eval_step(state, jax.device_put(batch, sharding))
+  jax.monitoring.unregister_event_duration_listener(on_event)
+  assert compiles == []
+  assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
+
+
+def test_eight_devices_match_one_device():
+  """Data parallelism changes nothing: BN statistics and the loss are over the global batch."""
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    assert len(devices) in (1, 8)
+    mesh = parallel.make_mesh(devices)
+    state, batch = _state(mesh), _batch()
+    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9)
+    batch = jax.device_put(batch, parallel.data_sharding(mesh))
+    for _ in range(2):
+      state, metrics = train_step(state, batch)
+    results.append((float(metrics["loss"]), jax.device_get(state.params),
+                    jax.device_get(state.batch_stats)))
+  (loss1, params1, stats1), (loss8, params8, stats8) = results
+  np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               (params1, stats1), (params8, stats8))
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("model.name", "resnet5", "resnet50"),
+    ("optim.name", "adam", "adamw"),
+    ("parallel.strategy", "tpu", "jit"),
+    ("input.batch_size", 12, "device count (8)"),
+])
+def test_bad_config_values_name_the_valid_choices(field, value, expected):
+  c = tiny_config()
+  section, key = field.split(".")
+  c[section][key] = value
+  with pytest.raises(ValueError, match=r".*") as error:
+    config_lib.validate(c, num_devices=8)
+  assert str(value) in str(error.value) and expected in str(error.value)
+
+
+def test_unknown_dataset_names_the_valid_choices(tmp_path):
+  c = tiny_config("imagenet2013")
+  with pytest.raises(ValueError) as error:
+    loop.train_and_evaluate(c, str(tmp_path))
+  assert "imagenet2013" in str(error.value) and "synthetic_shapes" in str(error.value)
+
+
+def test_misspelt_config_key_fails_on_the_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "vision_jax.main", "--config=configs/shapes_cnn.py",
+       "--config.optim.learning_rat=0.1", f"--workdir={tmp_path}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0 and "learning_rat" in result.stderr
+  assert not os.listdir(tmp_path)  # Nothing was started.
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  c = tiny_config(num_steps=4)
+  c.train.checkpoint_every = 1
+  with tfds.testing.mock_data(num_examples=32):
+    loop.train_and_evaluate(c, str(tmp_path))
+    c.train.num_steps = 8
+    c.optim.learning_rate = 1e30  # Blows the weights up: the loss of the next step is not finite.
+    with pytest.raises(FloatingPointError, match="Non-finite"):
+      loop.train_and_evaluate(c, str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2, best_metric="accuracy")
+  # Step 5 still had a finite loss (computed before its update); step 6 must not be saved.
+  assert ckpt.latest_step() == 5
