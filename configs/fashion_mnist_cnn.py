@@ -1,0 +1,29 @@
+"""Fashion-MNIST (real, local IDX files) with the simple LeNet-like CNN, sized for a CPU.
+
+    python -m vision_jax.main --config=configs/fashion_mnist_cnn.py --workdir=runs/fmnist_cnn
+
+Reads /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist); point
+--config.dataset.manual_dir elsewhere if your files live there. `experiments/fashion_mnist.sh`
+runs this and prints the test accuracy.
+"""
+
+from vision_jax.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.dataset.name = "fashion_mnist_local"
+  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
+  c.input.batch_size = 128
+  c.input.crop_padding = 2
+  c.input.mean = (0.286,)
+  c.input.std = (0.353,)
+  c.model.name = "simple_cnn"
+  c.model.kwargs.dropout_rate = 0.3
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 2e-3
+  c.optim.weight_decay = 1e-4
+  c.train.num_epochs = 15
+  c.train.eval_every = 2000
+  c.train.checkpoint_every = 2000
+  return c

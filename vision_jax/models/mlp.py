@@ -1,0 +1,47 @@
+"""A fully connected baseline: the images are flattened, so it ignores spatial structure."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """Multi-layer perceptron classifier.
+
+  Attributes:
+    num_classes: Number of output logits.
+    hidden_sizes: Width of each hidden layer, in order.
+    dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
+    param_dtype: Parameter dtype.
+  """
+
+  num_classes: int
+  hidden_sizes: Sequence[int] = (512, 256)
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Classifies a batch of images.
+
+    Args:
+      x: Images, (B, H, W, C).
+      train: Unused; kept so that every model has the same signature.
+
+    Returns:
+      `(logits, features)`: float32 logits (B, num_classes) and the hidden activations by name
+      (`hidden1`, `hidden2`, ...), each (B, width).
+    """
+    del train  # No dropout or normalisation.
+    features = {}
+    x = x.reshape(x.shape[0], -1)  # (B, H * W * C)
+    for i, width in enumerate(self.hidden_sizes):
+      x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i + 1}")(x)
+      x = nn.relu(x)  # (B, width)
+      features[f"hidden{i + 1}"] = x
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+    # Softmax and the loss run in float32 even when the network computes in bfloat16.
+    return x.astype(jnp.float32), features

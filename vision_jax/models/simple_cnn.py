@@ -1,0 +1,59 @@
+"""A LeNet-like convolutional baseline, small enough to train on a CPU."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SimpleCNN(nn.Module):
+  """Conv-ReLU-pool stages, then a hidden dense layer with dropout, then the classifier.
+
+  Attributes:
+    num_classes: Number of output logits.
+    features: Output channels of each 3x3 convolution; each is followed by a 2x2 max-pool.
+    hidden: Width of the dense layer before the classifier.
+    dropout_rate: Dropout on the hidden layer in training. 0 by default so that the baseline is
+      unregularised unless an experiment config asks for it.
+    dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
+    param_dtype: Parameter dtype.
+  """
+
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  hidden: int = 128
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Classifies a batch of images.
+
+    Args:
+      x: Images, (B, H, W, C).
+      train: Enables dropout, which then needs a `'dropout'` rng.
+
+    Returns:
+      `(logits, features)`: float32 logits (B, num_classes) and intermediate activations by
+      name: `conv1`, `conv2`, ... after each pool, (B, H // 2**i, W // 2**i, features[i - 1]), and
+      `hidden`, (B, hidden).
+    """
+    out = {}
+    for i, width in enumerate(self.features):
+      x = nn.Conv(
+          width, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
+          name=f"conv{i + 1}")(x)
+      x = nn.relu(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, H // 2, W // 2, width)
+      out[f"conv{i + 1}"] = x
+    x = x.reshape(x.shape[0], -1)  # (B, H' * W' * C')
+    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(x)
+    x = nn.relu(x)  # (B, hidden)
+    out["hidden"] = x
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+    # Softmax and the loss run in float32 even when the network computes in bfloat16.
+    return x.astype(jnp.float32), out
