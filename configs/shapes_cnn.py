@@ -11,6 +11,7 @@ from vision_jax.config import base_config
 def get_config():
   c = base_config()
   c.dataset.name = "synthetic_shapes/size32"
+  c.dataset.in_memory = True  # 61 MB decoded.
   c.model.name = "simple_cnn"
   c.input.batch_size = 128
   c.optim.name = "adamw"

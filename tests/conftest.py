@@ -3,3 +3,18 @@ import os
 # Eight fake CPU devices, so that multi-device code paths run in tests. XLA reads this flag once,
 # when jax initialises its backend, hence it is set here before any test module imports jax.
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+
+import pytest  # noqa: E402  (after XLA_FLAGS, on purpose)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_dir(tmp_path_factory):
+  """A TFDS data dir holding `synthetic_shapes/tiny32` (256 train, 64 test), prepared once."""
+  from vision_jax.data.builders import synthetic_shapes
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config = synthetic_shapes.SyntheticShapesConfig(
+      name="tiny32", size=32, num_examples={"train": 256, "test": 64})
+  synthetic_shapes.SyntheticShapes(config=config, data_dir=data_dir).download_and_prepare(
+      file_format="array_record")
+  return data_dir

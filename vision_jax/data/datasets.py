@@ -9,6 +9,7 @@ grain reads without TensorFlow.
 import dataclasses
 
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
 from vision_jax.data import builders
@@ -72,8 +73,46 @@ def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
       split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
 
 
-def open_split(builder: tfds.core.DatasetBuilder, split: str):
-  """Returns a random-access source of numpy dicts for `split` (no TensorFlow needed)."""
-  return builder.as_data_source(split=split)  # TFDS names the valid splits if `split` is bad.
+def open_split(builder: tfds.core.DatasetBuilder, split: str, keys=("image", "label"),
+               in_memory: bool = False):
+  """Returns a random-access source of numpy dicts for `split` (no TensorFlow needed).
+
+  Args:
+    builder: a prepared builder.
+    split: split name; TFDS names the valid ones if it is unknown.
+    keys: the top-level features the task uses; other images (e.g. masks) are not decoded.
+    in_memory: decode the whole split once into numpy arrays (for datasets that fit in RAM:
+      decoding then costs nothing per epoch).
+  """
+  decoders = {k: tfds.decode.SkipDecoding() for k, feature in builder.info.features.items()
+              if k not in keys and isinstance(feature, tfds.features.Image)}
+  source = builder.as_data_source(split=split, decoders=decoders or None)
+  return InMemorySource(source, keys) if in_memory else source
 
 
+class InMemorySource:
+  """A split decoded once into one numpy array per feature, read by index like the original.
+
+  Args:
+    source: a random-access source of example dicts.
+    keys: features to keep.
+    chunk: examples decoded per batched read.
+  """
+
+  def __init__(self, source, keys, chunk: int = 1024):
+    self._name = repr(source)
+    columns = {k: [] for k in keys}
+    for start in range(0, len(source), chunk):
+      for example in source.__getitems__(range(start, min(start + chunk, len(source)))):
+        for k in keys:
+          columns[k].append(example[k])
+    self._arrays = {k: np.stack(v) for k, v in columns.items()}  # (N, ...) per feature
+
+  def __len__(self) -> int:
+    return len(next(iter(self._arrays.values())))
+
+  def __getitem__(self, index: int) -> dict:
+    return {k: v[index] for k, v in self._arrays.items()}
+
+  def __repr__(self) -> str:  # Stable across runs: grain stores it in the iterator state.
+    return f"InMemorySource({self._name})"

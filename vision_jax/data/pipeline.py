@@ -35,9 +35,12 @@ def _common_ops(config: ml_collections.ConfigDict) -> list:
   return ops
 
 
-def train_operations(config: ml_collections.ConfigDict) -> list:
-  """grain operations for training, from the `input` config section (batching excluded)."""
-  ops = _common_ops(config)
+def train_operations(config: ml_collections.ConfigDict, batch_size: int) -> list:
+  """grain operations for training, from the `input` config section, batching included.
+
+  Per example: select and resize. Per batch (vectorised, seeded per batch): crop, flip, normalise.
+  """
+  ops = _common_ops(config) + [grain.transforms.Batch(batch_size, drop_remainder=True)]
   if config.crop_padding:
     ops.append(transforms.RandomMapFn(transforms.pad_and_random_crop,
                                       {"padding": config.crop_padding}))
@@ -46,9 +49,9 @@ def train_operations(config: ml_collections.ConfigDict) -> list:
   return ops + [_normalize_op(config)]
 
 
-def eval_operations(config: ml_collections.ConfigDict) -> list:
-  """grain operations for evaluation: no augmentation."""
-  return _common_ops(config) + [_normalize_op(config)]
+def eval_operations(config: ml_collections.ConfigDict, batch_size: int) -> list:
+  """grain operations for evaluation: no augmentation; the last batch may be short."""
+  return _common_ops(config) + [grain.transforms.Batch(batch_size), _normalize_op(config)]
 
 
 def local_batch_size(global_batch_size: int) -> int:
@@ -70,9 +73,9 @@ def train_loader(config: ml_collections.ConfigDict, source, seed: int) -> grain.
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
-  batch = grain.transforms.Batch(local_batch_size(config.batch_size), drop_remainder=True)
   return grain.DataLoader(
-      data_source=source, sampler=sampler, operations=train_operations(config) + [batch],
+      data_source=source, sampler=sampler,
+      operations=train_operations(config, local_batch_size(config.batch_size)),
       worker_count=config.num_workers, shard_options=shard,
       read_options=grain.ReadOptions(num_threads=max(1, config.prefetch),
                                      prefetch_buffer_size=max(1, config.prefetch)))
@@ -99,7 +102,7 @@ def eval_batches(config: ml_collections.ConfigDict, source) -> Iterator[dict]:
       num_records=len(source), shard_options=shard, shuffle=False, num_epochs=1)
   loader = grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=eval_operations(config) + [grain.transforms.Batch(size)],
+      operations=eval_operations(config, size),
       worker_count=config.num_workers, shard_options=shard)
   num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
   template = None

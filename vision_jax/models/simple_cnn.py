@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models import layers
+
 
 class SimpleCNN(nn.Module):
   """Conv-ReLU-pool stages, then a hidden dense layer with dropout, then the classifier.
@@ -47,7 +49,7 @@ class SimpleCNN(nn.Module):
           width, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
           name=f"conv{i + 1}")(x)
       x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))  # (B, H // 2, W // 2, width)
+      x = layers.max_pool(x, 2)  # (B, H // 2, W // 2, width)
       out[f"conv{i + 1}"] = x
     x = x.reshape(x.shape[0], -1)  # (B, H' * W' * C')
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(x)

@@ -99,8 +99,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   builder = datasets.get_builder(config.dataset)
   info = datasets.info(builder)
-  train_source = datasets.open_split(builder, config.dataset.train_split)
-  eval_source = datasets.open_split(builder, config.dataset.eval_split)
+  train_source, eval_source = (
+      datasets.open_split(builder, split, in_memory=config.dataset.in_memory)
+      for split in (config.dataset.train_split, config.dataset.eval_split))
   channels = builder.info.features["image"].shape[-1]
   size = config.input.image_size
   image_shape = info.image_shape if size is None else (size, size, channels)
