@@ -135,3 +135,16 @@ def test_stock_tfds_names_go_through_the_same_path():
     source = datasets.open_split(builder, "train")
     assert datasets.info(builder).num_classes == 100
     assert source[0]["image"].shape == (32, 32, 3)
+
+
+def test_worker_processes_give_the_same_batches(tiny_shapes_dir):
+  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
+  source = datasets.open_split(builder, "train", in_memory=True)
+  batches = {}
+  for workers in (0, 2):
+    config = _input_config()
+    config.num_workers = workers
+    it = iter(pipeline.train_loader(config, source, seed=3))
+    batches[workers] = [next(it) for _ in range(4)]
+  for a, b in zip(batches[0], batches[2]):
+    np.testing.assert_array_equal(a["image"], b["image"])

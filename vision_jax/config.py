@@ -2,7 +2,8 @@
 
 Experiment files in `configs/` start from `base_config()` and change what they need, so every
 default lives here, in one place, and library code reads fields directly (never
-`config.get(key, default)`). The returned config is locked: a misspelt key on the command line
+`config.get(key, default)`). Experiment files may add model-specific fields under `model.kwargs`;
+the command line then locks the config, so a misspelt key there
 (`--config.optim.learning_rat=0.1`) fails instead of being silently added.
 """
 
@@ -69,7 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "jit"
-  c.lock()
   return c
 
 
