@@ -15,5 +15,5 @@ echo "wall time: $(( $(date +%s) - start )) s ($(nproc) CPU cores; $(uname -m))"
 import json, sys
 last = [json.loads(l) for l in open(sys.argv[1]) if '"eval"' in l][-1]
 print(f"step {last['step']}: test accuracy {last['accuracy']:.4f}, top-5 {last['top5_accuracy']:.4f}, "
-      f"loss {last['loss']:.4f} on {last['num_examples']} images")
+      f"loss {last['loss']:.4f} on {int(last['num_examples'])} images")
 PYEOF

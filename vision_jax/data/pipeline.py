@@ -12,6 +12,7 @@ so metrics are exact and every device always sees the same batch shape (no recom
 import math
 from typing import Iterator
 
+from absl import flags
 import grain
 import jax
 import ml_collections
@@ -54,6 +55,18 @@ def eval_operations(config: ml_collections.ConfigDict, batch_size: int) -> list:
   return _common_ops(config) + [grain.transforms.Batch(batch_size), _normalize_op(config)]
 
 
+def _loader(source, sampler, operations, config, shard) -> grain.DataLoader:
+  if config.num_workers and not flags.FLAGS.is_parsed():
+    # grain's worker processes read absl flags; outside `app.run` (notebooks, tests, imports
+    # into other programs) nothing has parsed them, so take their defaults.
+    flags.FLAGS.mark_as_parsed()
+  return grain.DataLoader(
+      data_source=source, sampler=sampler, operations=operations,
+      worker_count=config.num_workers, shard_options=shard,
+      read_options=grain.ReadOptions(num_threads=max(1, config.prefetch),
+                                     prefetch_buffer_size=max(1, config.prefetch)))
+
+
 def local_batch_size(global_batch_size: int) -> int:
   """This process's share of a global batch."""
   return global_batch_size // jax.process_count()
@@ -73,12 +86,8 @@ def train_loader(config: ml_collections.ConfigDict, source, seed: int) -> grain.
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard, shuffle=True, num_epochs=None, seed=seed)
-  return grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=train_operations(config, local_batch_size(config.batch_size)),
-      worker_count=config.num_workers, shard_options=shard,
-      read_options=grain.ReadOptions(num_threads=max(1, config.prefetch),
-                                     prefetch_buffer_size=max(1, config.prefetch)))
+  return _loader(source, sampler, train_operations(config, local_batch_size(config.batch_size)),
+                 config, shard)
 
 
 def _pad(batch: dict, size: int) -> dict:
@@ -100,10 +109,7 @@ def eval_batches(config: ml_collections.ConfigDict, source) -> Iterator[dict]:
   shard = grain.sharding.ShardByJaxProcess(drop_remainder=False)
   sampler = grain.samplers.IndexSampler(
       num_records=len(source), shard_options=shard, shuffle=False, num_epochs=1)
-  loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=eval_operations(config, size),
-      worker_count=config.num_workers, shard_options=shard)
+  loader = _loader(source, sampler, eval_operations(config, size), config, shard)
   num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
   template = None
   for batch in loader:
