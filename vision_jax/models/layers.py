@@ -57,7 +57,7 @@ def max_pool(x: jax.Array, window: int) -> jax.Array:
   """Non-overlapping k×k max pooling (stride k, VALID padding), as a reshape and a max.
 
   Equal to `nn.max_pool(x, (k, k), strides=(k, k))`, but its gradient is a plain mask instead of
-  XLA's select-and-scatter, which on CPU made max pooling the slowest op of a small CNN (6x).
+  XLA's select-and-scatter, which on CPU made max pooling the slowest op of a small CNN.
 
   Args:
     x: (B, H, W, C); rows and columns beyond the last full window are dropped, as VALID does.

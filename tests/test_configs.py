@@ -1,0 +1,43 @@
+"""Every experiment config loads, validates and builds its model."""
+
+import glob
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vision_jax import config as config_lib
+from vision_jax import models
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_loads_validates_and_builds(path):
+  module = _load(path)
+  assert "python -m vision_jax.main --config=configs/" in module.__doc__  # The launch command.
+  config = module.get_config()
+  config_lib.validate(config, num_devices=8)
+  # Same fields as the schema (experiment files only add model kwargs).
+  base = config_lib.base_config()
+  for section in base:
+    if isinstance(base[section], type(base)):
+      assert set(config[section]) == set(base[section]), section
+  model = models.get_model(config.model.name, num_classes=10,
+                           dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  logits, _ = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), images)
+  assert logits.shape == (2, 10)
+
+
+def test_configs_exist():
+  assert len(CONFIGS) >= 3
