@@ -24,7 +24,11 @@ NUM_CLASSES = 5
 IMAGES = jax.ShapeDtypeStruct((BATCH, 32, 32, 3), jnp.float32)
 
 # resnet20 and the tiny ResNet below cover both stems and both block types; these repeat them.
-_SLOW = ("resnet32", "resnet56", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_SLOW = ("resnet32", "resnet56", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+         # tests/test_zoo.py checks each of these families numerically on small members.
+         "alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
+         "vgg16_bn", "vgg19_bn", "googlenet", "wrn28_10", "wrn40_4")
+_WITHOUT_NORM = ("mlp", "simple_cnn", "alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19")
 # Not registered: covers the ImageNet stem and BottleneckBlock (stride on the 3x3, projections
 # with stride 1 and 2) in seconds.
 _TINY_BOTTLENECK = functools.partial(
@@ -79,7 +83,8 @@ def test_output_contract_in_bfloat16(name):
     assert features
     for key, value in features.items():
       assert value.shape[0] == BATCH, key
-      assert value.dtype == jnp.bfloat16, key
+      # Auxiliary classifier logits (GoogLeNet, training only) are float32 like the main logits.
+      assert value.dtype == (jnp.float32 if key.startswith("aux") else jnp.bfloat16), key
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 37, 45, 4)])
@@ -107,16 +112,20 @@ def test_train_step_is_finite_and_reaches_every_parameter(name):
   images, labels = _batch(BATCH)
   # On the host as NumPy, so that inspecting results below compiles nothing.
   variables = jax.device_get(_init(model, images))
-  has_norm = "resnet" in name
-  assert ("batch_stats" in variables) == has_norm
+  has_norm = "batch_stats" in variables
+  assert has_norm == (name not in _WITHOUT_NORM)
 
   @jax.jit
   def loss_and_grads(params):
     def loss_fn(params):
-      (logits, _), updates = model.apply(
+      (logits, features), updates = model.apply(
           {**variables, "params": params}, images, train=True, mutable=["batch_stats"],
           rngs={"dropout": _key(1)})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      for aux in ("aux1", "aux2"):  # GoogLeNet's auxiliary classifiers, as in its paper.
+        if aux in features:
+          loss += 0.3 * optax.softmax_cross_entropy_with_integer_labels(
+              features[aux], labels).mean()
       return loss, (logits, updates)
     eval_logits, _ = model.apply({**variables, "params": params}, images, train=False)
     return jax.value_and_grad(loss_fn, has_aux=True)(params), eval_logits
@@ -132,13 +141,14 @@ def test_train_step_is_finite_and_reaches_every_parameter(name):
     changed = jax.tree.map(lambda old, new: bool(np.any(old != new)),
                            variables["batch_stats"], updates["batch_stats"])
     assert all(jax.tree.leaves(changed))
+  if "resnet" in name:
     # The last BatchNorm of each residual branch starts with scale 0, so that the block starts
     # as the identity; those scales must still get a gradient, or the branches would stay shut.
     zero_scale_grads = jax.tree.leaves(jax.tree_util.tree_map_with_path(
         lambda path, p, g: g if path[-1].key == "scale" and not p.any() else None,
         variables["params"], grads))
     assert zero_scale_grads and all(np.any(g != 0) for g in zero_scale_grads)
-  else:
+  if not has_norm:
     assert not updates
 
   # Behind a zero scale, the rest of the branch gets exactly zero gradient at step 0 (it starts
@@ -243,6 +253,6 @@ def test_simple_cnn_overfits_one_batch():
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
 def test_reshape_max_pool_equals_flax_max_pool(shape):
   import flax.linen as nn
-  from vision_jax.models import layers
+  from vision_jax.models import pooling
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-  np.testing.assert_array_equal(layers.max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))
+  np.testing.assert_array_equal(pooling.max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision_jax.models import resnet
+from vision_jax.models import alexnet, googlenet, resnet, vgg, wide_resnet
 from vision_jax.models.mlp import MLP
 from vision_jax.models.simple_cnn import SimpleCNN
 
@@ -25,12 +25,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet.ResNet20,
     "resnet32": resnet.ResNet32,
     "resnet56": resnet.ResNet56,
+    "wrn28_10": wide_resnet.WRN28_10,
+    "wrn40_4": wide_resnet.WRN40_4,
     # ImageNet-style (224x224 inputs).
     "resnet18": resnet.ResNet18,
     "resnet34": resnet.ResNet34,
     "resnet50": resnet.ResNet50,
     "resnet101": resnet.ResNet101,
     "resnet152": resnet.ResNet152,
+    "alexnet": alexnet.AlexNet,
+    "zfnet": alexnet.ZFNet,
+    "vgg11": vgg.VGG11,
+    "vgg13": vgg.VGG13,
+    "vgg16": vgg.VGG16,
+    "vgg19": vgg.VGG19,
+    "vgg11_bn": vgg.VGG11BN,
+    "vgg13_bn": vgg.VGG13BN,
+    "vgg16_bn": vgg.VGG16BN,
+    "vgg19_bn": vgg.VGG19BN,
+    "googlenet": googlenet.GoogLeNet,
 }
 
 
@@ -57,4 +70,6 @@ def get_model(
   return MODELS[name](num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
-__all__ = ["MODELS", "MLP", "SimpleCNN", "get_model", "resnet"]
+__all__ = [
+    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "resnet", "vgg",
+    "wide_resnet"]

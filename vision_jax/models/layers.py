@@ -51,22 +51,3 @@ class ConvNormAct(nn.Module):
     if self.act is not None:
       x = self.act(x)
     return x
-
-
-def max_pool(x: jax.Array, window: int) -> jax.Array:
-  """Non-overlapping k×k max pooling (stride k, VALID padding), as a reshape and a max.
-
-  Equal to `nn.max_pool(x, (k, k), strides=(k, k))`, but its gradient is a plain mask instead of
-  XLA's select-and-scatter, which on CPU made max pooling the slowest op of a small CNN.
-
-  Args:
-    x: (B, H, W, C); rows and columns beyond the last full window are dropped, as VALID does.
-    window: k.
-
-  Returns:
-    (B, H // k, W // k, C).
-  """
-  b, h, w, c = x.shape
-  h, w = h // window * window, w // window * window
-  x = x[:, :h, :w].reshape(b, h // window, window, w // window, window, c)
-  return x.max(axis=(2, 4))

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import layers
+from vision_jax.models import pooling
 
 
 class SimpleCNN(nn.Module):
@@ -49,7 +49,7 @@ class SimpleCNN(nn.Module):
           width, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
           name=f"conv{i + 1}")(x)
       x = nn.relu(x)
-      x = layers.max_pool(x, 2)  # (B, H // 2, W // 2, width)
+      x = pooling.max_pool(x, 2)  # (B, H // 2, W // 2, width)
       out[f"conv{i + 1}"] = x
     x = x.reshape(x.shape[0], -1)  # (B, H' * W' * C')
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(x)

@@ -1,0 +1,228 @@
+"""Tests for the classic ImageNet/CIFAR architectures: AlexNet, ZFNet, VGG, GoogLeNet, Wide ResNet.
+
+Parameter counts, output contracts and feature shapes only need shapes, so they use
+`jax.eval_shape` (no compiling, no allocating, even for VGG-19's 144M parameters). Numeric checks
+compile, so they run on small members of each family built from the classes directly (same code,
+fewer filters); full GoogLeNet, whose compile takes about a minute on two CPU cores, is slow.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vision_jax import models
+from vision_jax.models import alexnet, googlenet, pooling, vgg, wide_resnet
+
+NEW_MODELS = ("alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
+              "vgg16_bn", "vgg19_bn", "googlenet", "wrn28_10", "wrn40_4")
+BATCH = 2
+
+
+def _images(size: int, channels: int = 3, batch: int = BATCH) -> jax.ShapeDtypeStruct:
+  return jax.ShapeDtypeStruct((batch, size, size, channels), jnp.float32)
+
+
+def _abstract_init(model, images, train=False):
+  return jax.eval_shape(functools.partial(model.init, train=train), jax.random.key(0), images)
+
+
+def _abstract_apply(model, variables, images, train):
+  apply = functools.partial(
+      model.apply, train=train, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+  (logits, features), _ = jax.eval_shape(apply, variables, images)
+  return logits, features
+
+
+def _num_params(variables) -> int:
+  return sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    # torchvision's counts (same layers; BatchNorm statistics are not parameters).
+    ("alexnet", {}, 61_100_840),
+    ("vgg11", {}, 132_863_336),
+    ("vgg13", {}, 133_047_848),
+    ("vgg16", {}, 138_357_544),
+    ("vgg19", {}, 143_667_240),
+    ("vgg16_bn", {}, 138_365_992),  # + a scale and a bias per conv filter (4,224 filters).
+    ("googlenet", {"aux_logits": False}, 6_624_904),
+    ("googlenet", {}, 13_004_888),  # torchvision's googlenet(aux_logits=True).
+    # No reference implementation: the five convolutions of Zeiler & Fergus (2013) and AlexNet's
+    # classifier.
+    ("zfnet", {}, 62_357_608),
+])
+def test_imagenet_parameter_counts(name, kwargs, expected):
+  model = models.get_model(name, num_classes=1000, **kwargs)
+  assert _num_params(_abstract_init(model, _images(224, batch=1))) == expected
+
+
+def test_googlenet_aux_parameters_exist_whichever_mode_initialises():
+  model = models.get_model("googlenet", num_classes=1000)
+  for train in (False, True):
+    variables = _abstract_init(model, _images(224, batch=1), train=train)
+    assert {"aux1", "aux2"} <= set(variables["params"])
+    assert _num_params(variables) == 13_004_888
+
+
+@pytest.mark.parametrize("name, expected", [
+    # Zagoruyko & Komodakis (2016), Table 1 and Sec. 3: 36.5M and 8.9M.
+    ("wrn28_10", 36_479_194),
+    ("wrn40_4", 8_949_210),
+])
+def test_wide_resnet_parameter_counts(name, expected):
+  model = models.get_model(name, num_classes=10)
+  assert _num_params(_abstract_init(model, _images(32, batch=1))) == expected
+
+
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_output_contract(name):
+  # 40 px is not a power of two, so the pools' rounding and the adaptive pools are exercised.
+  images = _images(40)
+  model = models.get_model(name, num_classes=7, dtype=jnp.bfloat16)
+  variables = _abstract_init(model, images)
+  # Mixed precision keeps parameters and BatchNorm statistics in float32.
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert ("batch_stats" in variables) == (
+      name.endswith("_bn") or name.startswith(("googlenet", "wrn")))
+  for train in (False, True):
+    logits, features = _abstract_apply(model, variables, images, train)
+    assert (logits.shape, logits.dtype) == ((BATCH, 7), jnp.float32)
+    assert features
+    for key, value in features.items():
+      assert value.shape[0] == BATCH, key
+      # Auxiliary classifiers' logits are float32 like the main ones; activations stay bfloat16.
+      want = jnp.float32 if key.startswith("aux") else jnp.bfloat16
+      assert value.dtype == want, key
+
+
+def test_googlenet_aux_logits_only_in_training():
+  images = _images(64)
+  model = models.get_model("googlenet", num_classes=7)
+  variables = _abstract_init(model, images)
+  _, train_features = _abstract_apply(model, variables, images, train=True)
+  for key in ("aux1", "aux2"):
+    assert (train_features[key].shape, train_features[key].dtype) == ((BATCH, 7), jnp.float32)
+  _, eval_features = _abstract_apply(model, variables, images, train=False)
+  assert not {"aux1", "aux2"} & set(eval_features)
+
+  # Evaluation does exactly the work of a model built without the auxiliary heads.
+  def heavy_ops(module, variables):
+    jaxpr = str(jax.make_jaxpr(functools.partial(module.apply, train=False))(variables, images))
+    return jaxpr.count("conv_general_dilated"), jaxpr.count("dot_general")
+
+  plain = models.get_model("googlenet", num_classes=7, aux_logits=False)
+  plain_variables = _abstract_init(plain, images)
+  assert heavy_ops(model, variables) == heavy_ops(plain, plain_variables)
+
+
+def test_vgg16_feature_shapes():
+  model = models.get_model("vgg16", num_classes=1000)
+  images = _images(224)
+  _, features = _abstract_apply(model, _abstract_init(model, images), images, train=False)
+  shapes = {key: value.shape for key, value in features.items()}
+  assert shapes == {
+      "stage1": (BATCH, 112, 112, 64), "stage2": (BATCH, 56, 56, 128),
+      "stage3": (BATCH, 28, 28, 256), "stage4": (BATCH, 14, 14, 512),
+      "stage5": (BATCH, 7, 7, 512), "pooled": (BATCH, 7, 7, 512),
+      "fc6": (BATCH, 4096), "fc7": (BATCH, 4096)}
+
+
+@pytest.mark.parametrize("name, expected", [
+    # torchvision's AlexNet: 55 -> pool 27, 27 -> pool 13, 13, 13, 13 -> pool 6.
+    ("alexnet", {"conv1": (27, 64), "conv2": (13, 192), "conv3": (13, 384), "conv4": (13, 256),
+                 "conv5": (6, 256), "pooled": (6, 256)}),
+    # Zeiler & Fergus (2013), Fig. 3: 110 -> pool 55, 26 -> pool 13, 13, 13, 13 -> pool 6.
+    ("zfnet", {"conv1": (55, 96), "conv2": (13, 256), "conv3": (13, 384), "conv4": (13, 384),
+               "conv5": (6, 256), "pooled": (6, 256)}),
+    # torchvision's GoogLeNet (ceil-mode pools).
+    ("googlenet", {"stem": (28, 192), "stage3": (28, 480), "stage4": (14, 832),
+                   "stage5": (7, 1024)}),
+])
+def test_imagenet_feature_shapes_at_224(name, expected):
+  model = models.get_model(name, num_classes=1000)
+  images = _images(224, batch=1)
+  _, features = _abstract_apply(model, _abstract_init(model, images), images, train=False)
+  for key, (size, channels) in expected.items():
+    assert features[key].shape == (1, size, size, channels), key
+
+
+def test_adaptive_avg_pool_matches_pytorch_bins():
+  x = np.arange(2 * 5 * 3 * 1, dtype=np.float32).reshape(2, 5, 3, 1)
+  # PyTorch's bins for 5 -> 3 rows: [0, 2), [1, 4), [3, 5); for 3 -> 6 columns each column twice.
+  rows = [(0, 2), (1, 4), (3, 5)]
+  want = np.stack([x[:, a:b].mean(axis=1) for a, b in rows], axis=1).repeat(2, axis=2)
+  np.testing.assert_allclose(pooling.adaptive_avg_pool(x, (3, 6)), want, rtol=1e-6)
+  assert pooling.adaptive_avg_pool(x, (5, 3)) is x
+
+
+@pytest.mark.parametrize("size, window, stride, padding, ceil_mode, expected", [
+    (55, 3, 2, 0, False, 27),  # AlexNet.
+    (112, 3, 2, 0, True, 56),  # GoogLeNet: floor mode would give 55.
+    (14, 2, 2, 0, True, 7),
+    (5, 2, 2, 1, True, 3),  # PyTorch drops a last window that would start in the padding.
+    (2, 3, 2, 0, False, 1),  # Smaller than one window: PyTorch fails, we pool it whole.
+])
+def test_torch_max_pool_sizes(size, window, stride, padding, ceil_mode, expected):
+  x = np.random.default_rng(0).normal(size=(1, size, size, 2)).astype(np.float32)
+  y = pooling.torch_max_pool(x, window, stride, padding, ceil_mode)
+  assert y.shape == (1, expected, expected, 2)
+  np.testing.assert_array_equal(y[:, 0, 0], x[:, :window - padding, :window - padding].max((1, 2)))
+
+
+# Small members of each family: the same code as the registered models, fewer filters, so they
+# compile in seconds.
+_TINY = {
+    "alexnet": functools.partial(alexnet.AlexNet, convs=(
+        (8, 11, 4, 2, True), (8, 5, 1, 2, True), (8, 3, 1, 1, False), (8, 3, 1, 1, True)),
+        hidden=16),
+    "zfnet": functools.partial(alexnet.ZFNet, convs=(
+        (8, 7, 2, 1, True), (8, 5, 2, 0, True), (8, 3, 1, 1, True)), hidden=16),
+    "vgg_bn": functools.partial(vgg.VGG, stage_sizes=(1, 2, 1), widths=(8, 8, 16),
+                                batch_norm=True, hidden=16, pooled_size=3),
+    "wrn": functools.partial(wide_resnet.WideResNet, depth=10, widen_factor=2, dropout_rate=0.3),
+    "googlenet": googlenet.GoogLeNet,
+}
+
+
+@pytest.mark.parametrize("name", [
+    *(n for n in _TINY if n != "googlenet"),
+    pytest.param("googlenet", marks=pytest.mark.slow),
+])
+def test_train_step_is_finite_and_reaches_every_parameter(name):
+  model = _TINY[name](num_classes=5)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+  labels = rng.integers(0, 5, 4)
+  # "rbg" keys compile much faster on CPU than the default threefry.
+  variables = jax.device_get(jax.jit(functools.partial(model.init, train=False))(
+      jax.random.key(0, impl="rbg"), images))
+
+  @jax.jit
+  def loss_and_grads(params):
+    def loss_fn(params):
+      (logits, features), updates = model.apply(
+          {**variables, "params": params}, images, train=True, mutable=["batch_stats"],
+          rngs={"dropout": jax.random.key(1, impl="rbg")})
+      ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()  # noqa: E731
+      # GoogLeNet's auxiliary classifiers are weighed 0.3 each, as in the paper.
+      loss = ce(logits) + sum(0.3 * ce(features[k]) for k in ("aux1", "aux2") if k in features)
+      return loss, updates
+    eval_logits, _ = model.apply({**variables, "params": params}, images, train=False)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params), eval_logits
+
+  ((loss, updates), grads), eval_logits = jax.device_get(loss_and_grads(variables["params"]))
+  assert np.isfinite(loss) and np.all(np.isfinite(eval_logits))
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  dead = [jax.tree_util.keystr(path)
+          for path, g in jax.tree_util.tree_leaves_with_path(grads) if not np.any(g != 0)]
+  assert not dead, f"parameters without gradient: {dead}"
+  if "batch_stats" in variables:
+    changed = jax.tree.map(lambda old, new: bool(np.any(old != new)),
+                           variables["batch_stats"], updates["batch_stats"])
+    assert all(jax.tree.leaves(changed))
+  else:
+    assert not updates
