@@ -256,3 +256,14 @@ def test_reshape_max_pool_equals_flax_max_pool(shape):
   from vision_jax.models import pooling
   x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
   np.testing.assert_array_equal(pooling.max_pool(x, 2), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_summary_counts_parameters_and_flops():
+  from vision_jax.models import summary
+  stats = summary.model_stats("simple_cnn", image_size=32, num_classes=10)
+  assert stats.num_params == 545_098
+  # By hand, 2 x multiply-adds: conv1 32*32*32*27, conv2 16*16*64*288, dense 4096*128 + 128*10.
+  by_hand = 2 * (32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 4096 * 128 + 128 * 10)
+  assert 0.9 < stats.flops_per_image / by_hand < 1.1
+  text = summary.summary("mlp", image_size=8, num_classes=10)
+  assert "GFLOPs per image" in text and "Dense" in text

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +64,8 @@ def _batch(seed=0, batch_size=16):
 def test_train_and_eval_steps_compile_only_once():
   mesh = parallel.make_mesh()
   state = _state(mesh, "simple_cnn")
-  train_step, eval_step = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99)
+  train_step, eval_step = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99,
+                                              aux_loss_weight=0.3)
   sharding = parallel.data_sharding(mesh)
   compiles = []
   def on_event(event, duration, **kwargs):
@@ -88,7 +90,8 @@ def test_eight_devices_match_one_device():
     assert len(devices) in (1, 8)
     mesh = parallel.make_mesh(devices)
     state, batch = _state(mesh), _batch()
-    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9)
+    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9,
+                                        aux_loss_weight=0.3)
     batch = jax.device_put(batch, parallel.data_sharding(mesh))
     for _ in range(2):
       state, metrics = train_step(state, batch)
@@ -143,3 +146,30 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2, best_metric="accuracy")
   # Step 5 still had a finite loss (computed before its update); step 6 must not be saved.
   assert ckpt.latest_step() == 5
+
+
+class _WithAuxHead(nn.Module):
+  """A tiny model with an auxiliary classifier, like GoogLeNet's, in `features["aux1"]`."""
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape(x.shape[0], -1)
+    aux = nn.Dense(self.num_classes, name="aux1")(x)
+    return nn.Dense(self.num_classes, name="head")(x), {"aux1": aux} if train else {}
+
+
+def test_auxiliary_classifiers_are_trained_through_their_loss():
+  """An aux head only learns through the aux loss: with weight 0 it stays where it started."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  moved = {}
+  for weight in (0.0, 0.3):
+    state = create_train_state(_WithAuxHead(), optax.sgd(0.1), jax.random.key(0), (32, 32, 3),
+                               mesh, use_ema=False)
+    before = jax.device_get(state.params["aux1"]["kernel"])
+    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.0,
+                                        aux_loss_weight=weight)
+    state, metrics = train_step(state, _batch())
+    moved[weight] = bool(np.any(jax.device_get(state.params["aux1"]["kernel"]) != before))
+    assert np.isfinite(float(metrics["loss"]))
+  assert moved == {0.0: False, 0.3: True}

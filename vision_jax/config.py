@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.num_steps = ml_collections.FieldReference(None, field_type=int)  # Overrides epochs.
   c.train.label_smoothing = 0.0
   c.train.ema_decay = 0.0  # 0 disables the exponential moving average of weights.
+  c.train.aux_loss_weight = 0.3  # Auxiliary classifiers (GoogLeNet), as in its paper.
   c.train.log_every = 50
   c.train.eval_every = 500  # Also evaluates at the end.
   c.train.checkpoint_every = 500  # Also saves at the end and on SIGTERM.

@@ -117,7 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              use_ema=config.train.ema_decay > 0)
   train_step, eval_step = steps.compile_steps(
       mesh, state, label_smoothing=config.train.label_smoothing,
-      ema_decay=config.train.ema_decay)
+      ema_decay=config.train.ema_decay, aux_loss_weight=config.train.aux_loss_weight)
   batch_sharding = parallel.data_sharding(mesh)
   train_iter = iter(pipeline.train_loader(config.input, train_source, seed=config.seed))
 

@@ -21,8 +21,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)  # (B,)
 
 
-def train_step(state: TrainState, batch: dict, *, label_smoothing: float,
-               ema_decay: float) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: dict, *, label_smoothing: float, ema_decay: float,
+               aux_loss_weight: float) -> tuple[TrainState, dict]:
   """One SGD step on a global batch.
 
   Args:
@@ -30,21 +30,29 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float,
     batch: `image` (B, H, W, C) float32 and `label` (B,) int.
     label_smoothing: mass spread uniformly over all classes.
     ema_decay: decay of the weight EMA (ignored when the state keeps none).
+    aux_loss_weight: weight of each auxiliary classifier's loss (features `aux*`, e.g.
+      GoogLeNet's two heads in training); the total is what gets minimised.
 
   Returns:
-    The new state and this step's metrics, scalar means over the global batch: `loss`,
+    The new state and this step's metrics, scalar means over the global batch: `loss` (of the
+    main classifier),
     `accuracy` (top-1, on the augmented batch) and the gradient's global norm `grad_norm`.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    (logits, _), updates = state.apply_fn(variables, batch["image"], train=True,
-                                          mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+    (logits, features), updates = state.apply_fn(
+        variables, batch["image"], train=True, mutable=["batch_stats"],
+        rngs={"dropout": dropout_rng})
     loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-    return loss, (logits, updates.get("batch_stats", {}))
+    aux_losses = [cross_entropy(features[k], batch["label"], label_smoothing).mean()
+                  for k in sorted(features) if k.startswith("aux")]
+    total = loss + aux_loss_weight * sum(aux_losses)
+    return total, (loss, logits, updates.get("batch_stats", {}))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   new_state = state.apply_gradients(grads, batch_stats, ema_decay)
   metrics = {
       "loss": loss,
@@ -62,7 +70,7 @@ def eval_step(state: TrainState, batch: dict) -> dict:
 
 
 def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, label_smoothing: float,
-                  ema_decay: float):
+                  ema_decay: float, aux_loss_weight: float):
   """Jits both steps over `mesh`: batches split on `data`, state and metrics replicated.
 
   Returns:
@@ -72,7 +80,8 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, label_smoothing
   batch_sharding = parallel.data_sharding(mesh)
   scalar = parallel.replicated(mesh)
   train = jax.jit(
-      functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay),
+      functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay,
+                        aux_loss_weight=aux_loss_weight),
       in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, scalar),
       donate_argnums=(0,))
   evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
