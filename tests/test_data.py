@@ -61,7 +61,6 @@ def test_resize_and_center_crop_and_normalize():
 
 def _input_config(batch_size=32, eval_batch_size=32):
   c = config_lib.base_config().input
-  c.unlock()
   c.batch_size, c.eval_batch_size = batch_size, eval_batch_size
   return c
 

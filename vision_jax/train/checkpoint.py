@@ -47,8 +47,6 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
     """Starts an asynchronous save of `state` and the data iterator's position at `step`."""
-    if step in self._manager.all_steps():
-      return  # Already saved (e.g. a periodic save followed by the final one).
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=grain.checkpoint.CheckpointSave(data_iterator))
     self._manager.save(step, args=args, metrics=metrics, force=True)

@@ -113,6 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = models.get_model(config.model.name, num_classes=info.num_classes,
                            dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
   tx = optim.make_optimizer(config.optim, total_steps)
+  schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
   state = create_train_state(model, tx, jax.random.key(config.seed), image_shape, mesh,
                              use_ema=config.train.ema_decay > 0)
   train_step, eval_step = steps.compile_steps(
@@ -146,14 +147,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last = step == total_steps
         do_eval = last or step % config.train.eval_every == 0
         do_save = do_eval or step % config.train.checkpoint_every == 0 or sigterm.raised
-        if pending and (do_save or step % config.train.log_every == 0):
+        if do_save or step % config.train.log_every == 0:
           train_metrics = _mean_metrics(pending)  # Raises on NaN before anything is saved.
           pending = []
           now = time.perf_counter()
           train_metrics["images_per_sec"] = (
               (step - tick_step) * config.input.batch_size / (now - tick))
-          train_metrics["learning_rate"] = float(optim.learning_rate_schedule(
-              config.optim, total_steps)(step))
+          train_metrics["learning_rate"] = float(schedule(step))
           tick, tick_step = now, step
           writer.write(step, "train", train_metrics)
           bar.set_postfix(loss=f"{train_metrics['loss']:.4f}",

@@ -26,3 +26,8 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
   """The same full copy on every device."""
   return NamedSharding(mesh, P())
+
+
+def replicated_tree(mesh: Mesh, tree):
+  """A `replicated` sharding for every leaf of `tree` (e.g. the train state)."""
+  return jax.tree.map(lambda _: replicated(mesh), tree)

@@ -75,5 +75,4 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         ema_params=params if use_ema else None, apply_fn=model.apply, tx=tx)
 
   abstract = jax.eval_shape(init, rng)
-  shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return jax.jit(init, out_shardings=parallel.replicated_tree(mesh, abstract))(rng)

@@ -76,7 +76,7 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, label_smoothing
   Returns:
     `(train_step, eval_step)`, each `(state, batch) -> ...`; train donates its state argument.
   """
-  state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), state)
+  state_sharding = parallel.replicated_tree(mesh, state)
   batch_sharding = parallel.data_sharding(mesh)
   scalar = parallel.replicated(mesh)
   train = jax.jit(
