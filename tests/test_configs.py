@@ -34,10 +34,35 @@ def test_config_loads_validates_and_builds(path):
       assert set(config[section]) == set(base[section]), section
   model = models.get_model(config.model.name, num_classes=10,
                            dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
-  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  size = config.input.image_size or 32
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   logits, _ = jax.eval_shape(lambda x: model.apply(model.init(jax.random.key(0), x), x), images)
   assert logits.shape == (2, 10)
 
 
 def test_configs_exist():
   assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("name,arg", [
+    ("imagenet", "alexnet"), ("imagenet", "vgg16_bn"), ("imagenet", "googlenet"),
+    ("places365", "resnet18"), ("cifar", "cifar100,resnet56")])
+def test_config_arguments_pick_models_and_datasets(name, arg):
+  config = _load(os.path.join(os.path.dirname(CONFIGS[0]), f"{name}.py")).get_config(arg)
+  config_lib.validate(config, num_devices=8)
+  assert config.model.name == arg.split(",")[-1]
+
+
+def test_imagenet_recipe_scales_the_learning_rate_with_the_batch():
+  config = _load(os.path.join(os.path.dirname(CONFIGS[0]), "imagenet.py")).get_config("resnet50")
+  assert config.input.train_crop == "random_resized" and config.input.image_size == 224
+  assert config.optim.learning_rate == pytest.approx(0.1 * config.input.batch_size / 256)
+  assert config.dataset.eval_split == "validation"
+
+
+@pytest.mark.parametrize("name,arg,match", [
+    ("imagenet", "mlp", "No ImageNet recipe"), ("cifar", "svhn", "valid choices")])
+def test_config_arguments_reject_unknown_values(name, arg, match):
+  module = _load(os.path.join(os.path.dirname(CONFIGS[0]), f"{name}.py"))
+  with pytest.raises(ValueError, match=match):
+    module.get_config(arg)

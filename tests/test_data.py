@@ -59,6 +59,86 @@ def test_resize_and_center_crop_and_normalize():
   np.testing.assert_allclose(norm["image"], (out["image"] / 255 - 0.5) / 0.25, atol=1e-6)
 
 
+def test_center_crop_fraction_resizes_the_shorter_side_to_size_over_fraction():
+  # A 64×96 image whose left half is 0 and right half 255: at fraction 0.5 the shorter side
+  # becomes 32/0.5 = 64 (no resize), and the 32×32 centre straddles the edge in the middle.
+  image = np.zeros((64, 96, 3), np.uint8)
+  image[:, 48:] = 255
+  out = transforms.resize_and_center_crop({"image": image}, size=32, crop_fraction=0.5)
+  np.testing.assert_array_equal(out["image"], image[16:48, 32:64])
+
+
+def test_random_resized_crop_moves_image_and_mask_together_and_varies():
+  rng = np.random.default_rng(0)
+  h, w = 60, 80
+  rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  image = np.stack([rows * 4, cols * 3, np.zeros_like(rows)], -1).astype(np.uint8)  # (H, W, 3)
+  example = {"image": image, "mask": (cols * 3).astype(np.uint8)[..., None], "label": 1}
+  boxes = set()
+  for _ in range(20):
+    out = transforms.random_resized_crop(example, rng, size=16)
+    assert out["image"].shape == (16, 16, 3) and out["mask"].shape == (16, 16, 1)
+    assert out["label"] == 1
+    # Column index survives in both: the mask (nearest) stays within rounding of the image.
+    assert np.abs(out["image"][..., 1].astype(int) - out["mask"][..., 0]).max() <= 6
+    boxes.add((out["image"][0, 0, 0], out["image"][0, 0, 1], out["image"][-1, -1, 1]))
+  assert len(boxes) > 10  # Different areas, ratios and places.
+
+
+def test_random_resized_crop_area_and_ratio_stay_in_range():
+  rng = np.random.default_rng(1)
+  rows, cols = np.meshgrid(np.arange(100), np.arange(100), indexing="ij")
+  image = np.stack([rows, cols, rows], -1).astype(np.uint8)  # Pixels say where they are.
+  for _ in range(100):
+    out = transforms.random_resized_crop({"image": image}, rng, size=8, scale=(0.25, 0.5),
+                                         ratio=(1.0, 1.0))["image"].astype(float)
+    # Bilinear samples of a linear ramp: the 8 samples span 7/8 of the box's side.
+    side_h = (out[-1, 0, 0] - out[0, 0, 0]) * 8 / 7
+    side_w = (out[0, -1, 1] - out[0, 0, 1]) * 8 / 7
+    assert abs(side_h - side_w) <= 2  # Square boxes (ratio 1).
+    assert 50 - 2 <= side_h <= 100 * np.sqrt(0.5) + 2  # Area 25%..50% of 100×100.
+  # With scale=(1, 1) and ratio=(1, 1) on a square image the crop is the whole image.
+  whole = transforms.random_resized_crop({"image": image}, rng, size=100, scale=(1, 1),
+                                         ratio=(1, 1))
+  np.testing.assert_array_equal(whole["image"], image)
+
+
+def test_random_resized_crop_falls_back_to_a_centred_box_for_extreme_images():
+  # 4×200: no box of >= 8% area with ratio in [3/4, 4/3] fits, so the centred 4×5 box is used.
+  image = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (4, 1, 3))
+  out = transforms.random_resized_crop({"image": image}, np.random.default_rng(0), size=5)
+  np.testing.assert_array_equal(out["image"][0, :, 0], np.arange(97, 102, dtype=np.uint8))
+
+
+def test_imagenet_style_pipeline_on_variable_size_mock_images():
+  c = _input_config(batch_size=8, eval_batch_size=8)
+  c.image_size = 24
+  c.train_crop = "random_resized"
+  c.center_crop_fraction = 0.875
+  c.mean, c.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  with tfds.testing.mock_data(num_examples=12):
+    builder = datasets.get_builder(_dataset_config(None, name="imagenet2012", prepare=True))
+    assert datasets.info(builder).image_shape is None  # Sizes vary, as in the real dataset.
+    source = datasets.open_split(builder, "train")
+    shapes = {source[i]["image"].shape for i in range(len(source))}
+    assert len(shapes) > 1
+    train = next(iter(pipeline.train_loader(c, source, seed=0)))
+    evals = list(pipeline.eval_batches(c, datasets.open_split(builder, "validation")))
+  assert train["image"].shape == (8, 24, 24, 3) and train["image"].dtype == np.float32
+  assert all(b["image"].shape == (8, 24, 24, 3) for b in evals)
+  assert sum(b["weight"].sum() for b in evals) == 12
+
+
+def test_random_resized_crop_needs_an_image_size():
+  c = config_lib.base_config()
+  c.input.train_crop = "random_resized"
+  with pytest.raises(ValueError, match="image_size"):
+    config_lib.validate(c, num_devices=1)
+  c.input.train_crop = "inception"
+  with pytest.raises(ValueError, match="random_resized"):
+    config_lib.validate(c, num_devices=1)
+
+
 def _input_config(batch_size=32, eval_batch_size=32):
   c = config_lib.base_config().input
   c.batch_size, c.eval_batch_size = batch_size, eval_batch_size

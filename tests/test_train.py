@@ -1,5 +1,6 @@
 """Training loop, steps and config checks, on 8 fake CPU devices and TFDS mock data."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -47,6 +48,25 @@ def test_one_step_end_to_end_on_mock_data(tmp_path, dataset):
   assert os.listdir(tmp_path / "tensorboard")
   assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2,
                                  best_metric="accuracy").latest_step() == 1
+
+
+def test_imagenet_config_trains_on_variable_size_mock_images(tmp_path):
+  """configs/imagenet.py as shipped, only smaller: random-resized crops of JPEGs of any size."""
+  spec = importlib.util.spec_from_file_location("imagenet", os.path.join(REPO, "configs",
+                                                                         "imagenet.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("resnet18")
+  c.input.image_size = 48
+  c.input.batch_size = c.input.eval_batch_size = 16
+  c.input.num_workers = 0
+  c.train.num_steps = 1
+  c.train.progress_bar = False
+  with tfds.testing.mock_data(num_examples=20):
+    result = loop.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == 1 and result["num_examples"] == 20
+  assert 0.0 <= result["top5_accuracy"] <= 1.0
+  assert result["top5_error"] == pytest.approx(1 - result["top5_accuracy"])
 
 
 def _state(mesh, model_name="resnet20"):

@@ -14,6 +14,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
 BEST_METRICS = ("accuracy", "top5_accuracy", "loss")
+TRAIN_CROPS = ("pad", "random_resized")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,7 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.batch_size = 128  # Global: split over all devices of all processes.
   c.input.eval_batch_size = 256
   c.input.image_size = ml_collections.FieldReference(None, field_type=int)  # None: keep size.
-  c.input.crop_padding = 4  # Random crop after zero padding; 0 disables.
+  c.input.train_crop = "pad"  # "pad": pad + random crop (small images); "random_resized": the
+  # Inception/ImageNet crop (random area and aspect ratio, resized to image_size).
+  c.input.crop_padding = 4  # "pad" only: zero padding before the random crop; 0 disables.
+  c.input.crop_scale = (0.08, 1.0)  # "random_resized" only: range of the crop's area fraction.
+  c.input.crop_ratio = (3 / 4, 4 / 3)  # "random_resized" only: range of its aspect ratio.
+  c.input.center_crop_fraction = 1.0  # Eval (and "pad" training) resize the shorter side to
+  # image_size / fraction, then centre-crop image_size (0.875: ImageNet's 256 → 224).
   c.input.random_flip = True  # Horizontal flips in training.
   c.input.mean = (0.5,)  # Per channel (or one value for all), on [0, 1] pixels.
   c.input.std = (0.25,)
@@ -97,6 +104,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
   _check_choice("train.best_metric", config.train.best_metric, BEST_METRICS)
   _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
+  _check_choice("input.train_crop", config.input.train_crop, TRAIN_CROPS)
+  if config.input.train_crop == "random_resized" and config.input.image_size is None:
+    raise ValueError('config.input.train_crop="random_resized" needs config.input.image_size '
+                     "(the crop's output size, e.g. 224).")
+  if not 0 < config.input.center_crop_fraction <= 1:
+    raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
+                     "must be in (0, 1].")
   for field in ("batch_size", "eval_batch_size"):
     size = config.input[field]
     if size <= 0 or size % num_devices:

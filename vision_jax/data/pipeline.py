@@ -29,20 +29,34 @@ def _normalize_op(config: ml_collections.ConfigDict) -> transforms.MapFn:
   return transforms.MapFn(transforms.normalize, {"mean": mean, "std": std})
 
 
-def _common_ops(config: ml_collections.ConfigDict) -> list:
-  ops = [transforms.MapFn(transforms.select, {"keys": _KEYS})]
-  if config.image_size is not None:
-    ops.append(transforms.MapFn(transforms.resize_and_center_crop, {"size": config.image_size}))
-  return ops
+def _select_op() -> transforms.MapFn:
+  return transforms.MapFn(transforms.select, {"keys": _KEYS})
+
+
+def _center_crop_ops(config: ml_collections.ConfigDict) -> list:
+  if config.image_size is None:
+    return []
+  return [transforms.MapFn(transforms.resize_and_center_crop,
+                           {"size": config.image_size,
+                            "crop_fraction": config.center_crop_fraction})]
 
 
 def train_operations(config: ml_collections.ConfigDict, batch_size: int) -> list:
   """grain operations for training, from the `input` config section, batching included.
 
-  Per example: select and resize. Per batch (vectorised, seeded per batch): crop, flip, normalise.
+  Per example: select, then the random-resized crop or a resize. Per batch (vectorised, seeded
+  per batch): pad-and-crop, flip, normalise.
   """
-  ops = _common_ops(config) + [grain.transforms.Batch(batch_size, drop_remainder=True)]
-  if config.crop_padding:
+  ops = [_select_op()]
+  if config.train_crop == "random_resized":
+    ops.append(transforms.RandomMapFn(
+        transforms.random_resized_crop,
+        {"size": config.image_size, "scale": tuple(config.crop_scale),
+         "ratio": tuple(config.crop_ratio)}))
+  else:
+    ops.extend(_center_crop_ops(config))
+  ops.append(grain.transforms.Batch(batch_size, drop_remainder=True))
+  if config.train_crop == "pad" and config.crop_padding:
     ops.append(transforms.RandomMapFn(transforms.pad_and_random_crop,
                                       {"padding": config.crop_padding}))
   if config.random_flip:
@@ -51,8 +65,12 @@ def train_operations(config: ml_collections.ConfigDict, batch_size: int) -> list
 
 
 def eval_operations(config: ml_collections.ConfigDict, batch_size: int) -> list:
-  """grain operations for evaluation: no augmentation; the last batch may be short."""
-  return _common_ops(config) + [grain.transforms.Batch(batch_size), _normalize_op(config)]
+  """grain operations for evaluation: resize and centre crop, no augmentation.
+
+  The last batch may be short (`eval_batches` pads it).
+  """
+  return [_select_op(), *_center_crop_ops(config), grain.transforms.Batch(batch_size),
+          _normalize_op(config)]
 
 
 def _loader(source, sampler, operations, config, shard) -> grain.DataLoader:

@@ -1,11 +1,11 @@
 """Preprocessing as small typed numpy functions on example dicts, composed in Python.
 
-Each function takes a dict and returns a new one: `select` and `resize_and_center_crop` act on
-one example (sizes may vary before batching); augmentation and `normalize` act on whole batches
-(leading dimension B), vectorised. Geometric ops move `image` and, when present, `mask` together
-(same crop, same flip), so segmentation reuses them unchanged. Random ops take an explicit
-`np.random.Generator`; grain seeds it per element, which makes every epoch's augmentation
-reproducible and resumable.
+Each function takes a dict and returns a new one: `select`, `resize_and_center_crop` and
+`random_resized_crop` act on one example (sizes may vary before batching); the other
+augmentations and `normalize` act on whole batches (leading dimension B), vectorised. Geometric
+ops move `image` and, when present, `mask` together (same crop, same flip), so segmentation
+reuses them unchanged. Random ops take an explicit `np.random.Generator`; grain seeds it per
+element, which makes every epoch's augmentation reproducible and resumable.
 """
 
 import dataclasses
@@ -52,23 +52,70 @@ def random_flip(batch: dict, rng: np.random.Generator) -> dict:
   return out
 
 
-def resize_and_center_crop(example: dict, size: int) -> dict:
-  """Resizes the shorter side to `size` (bilinear; nearest for masks), then centre-crops."""
+def _resize_box(x: np.ndarray, key: str, size: tuple[int, int],
+                box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+  """Resizes `x` (H, W[, C]) to `size` (h, w), reading only `box` (left, top, right, bottom).
+
+  Bilinear for images (antialiased when shrinking, as PIL does), nearest for masks so labels
+  stay labels. Cropping through PIL's `box` costs one resample, not a crop plus a resample.
+  """
+  squeeze = x.ndim == 3 and x.shape[2] == 1
+  resample = Image.BILINEAR if key == "image" else Image.NEAREST
+  pil = Image.fromarray(x[..., 0] if squeeze else x)
+  y = np.asarray(pil.resize((size[1], size[0]), resample, box=box))
+  return y[..., None] if squeeze else y
+
+
+def resize_and_center_crop(example: dict, size: int, crop_fraction: float = 1.0) -> dict:
+  """Resizes the shorter side to `size / crop_fraction`, then centre-crops `size`×`size`.
+
+  `crop_fraction=0.875` is the classic ImageNet evaluation (shorter side 256, centre 224).
+  """
   out = dict(example)
   for key in _GEOMETRIC_KEYS:
     if key not in example:
       continue
-    x = example[key]
-    h, w = x.shape[:2]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    resample = Image.BILINEAR if key == "image" else Image.NEAREST
-    squeeze = x.ndim == 3 and x.shape[2] == 1
-    pil = Image.fromarray(x[..., 0] if squeeze else x).resize((new_w, new_h), resample)
-    y = np.asarray(pil)
-    y = y[..., None] if squeeze else y
+    h, w = example[key].shape[:2]
+    short = round(size / crop_fraction)
+    scale = short / min(h, w)
+    new_h, new_w = max(short, round(h * scale)), max(short, round(w * scale))
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    out[key] = y[top:top + size, left:left + size]
+    out[key] = _resize_box(example[key], key, (new_h, new_w))[top:top + size, left:left + size]
+  return out
+
+
+def random_resized_crop(example: dict, rng: np.random.Generator, size: int,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> dict:
+  """Inception-style crop: a random area fraction and aspect ratio, resized to `size`×`size`.
+
+  The training augmentation of GoogLeNet and every ImageNet recipe since: the box covers a
+  fraction of the image area uniform in `scale` with an aspect ratio log-uniform in `ratio`.
+  After `attempts` boxes that do not fit, it falls back to the centred box of the largest
+  allowed aspect ratio (as torchvision does). One example (H, W[, C]); `mask` moves with it.
+  """
+  h, w = example["image"].shape[:2]
+  area = h * w
+  for _ in range(attempts):
+    target = area * rng.uniform(*scale)
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    crop_w = round(np.sqrt(target * aspect))
+    crop_h = round(np.sqrt(target / aspect))
+    if 0 < crop_w <= w and 0 < crop_h <= h:
+      top = int(rng.integers(0, h - crop_h + 1))
+      left = int(rng.integers(0, w - crop_w + 1))
+      break
+  else:  # Fallback: whole image, clipped to the allowed aspect ratios.
+    aspect = w / h
+    crop_w, crop_h = ((w, round(w / ratio[0])) if aspect < ratio[0] else
+                      (round(h * ratio[1]), h) if aspect > ratio[1] else (w, h))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+  box = (left, top, left + crop_w, top + crop_h)
+  out = dict(example)
+  for key in _GEOMETRIC_KEYS:
+    if key in example:
+      out[key] = _resize_box(example[key], key, (size, size), box)
   return out
 
 

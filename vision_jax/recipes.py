@@ -1,0 +1,75 @@
+"""Recipe pieces that experiment configs share (big_vision's `configs/common.py`).
+
+Configs in `configs/` start from `config.base_config()` and call these to set the standard
+preprocessing and optimiser of a dataset family, so the numbers of a published recipe are
+written once.
+"""
+
+import math
+
+import ml_collections
+
+# Per-channel statistics on [0, 1] pixels.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+# ImageNet-style families: global batch size, SGD learning rate per 256 images, weight decay,
+# epochs. AlexNet and VGG as their papers trained them (0.01, decay 5e-4), GoogLeNet and ResNet
+# with the large-batch recipe of Goyal et al. (0.1 per 256 images, 5 warmup epochs).
+_FAMILY_RECIPES = {
+    "alexnet": (256, 0.01, 5e-4, 90),
+    "zfnet": (256, 0.01, 5e-4, 90),
+    "vgg": (256, 0.01, 5e-4, 74),
+    "googlenet": (1024, 0.1, 1e-4, 90),
+    "resnet": (1024, 0.1, 1e-4, 90),
+}
+
+
+def _family(model: str) -> str:
+  for family in _FAMILY_RECIPES:
+    if model.startswith(family):
+      return family
+  raise ValueError(f"No ImageNet recipe for model {model!r}; valid choices: names starting "
+                   f"with {sorted(_FAMILY_RECIPES)}.")
+
+
+def inception_crop_input(c: ml_collections.ConfigDict, image_size: int = 224) -> None:
+  """Random-resized-crop training and resize + centre-crop (0.875) evaluation at `image_size`."""
+  c.input.image_size = image_size
+  c.input.train_crop = "random_resized"
+  c.input.center_crop_fraction = 0.875  # 256 → 224.
+  c.input.random_flip = True
+  c.input.mean, c.input.std = IMAGENET_MEAN, IMAGENET_STD
+  c.input.num_workers = 8  # JPEG decoding and resizing need processes, not threads.
+  c.input.prefetch = 4
+
+
+def large_scale_classification(c: ml_collections.ConfigDict, model: str,
+                               num_train_examples: int) -> None:
+  """The ImageNet recipe of `model`'s family: input, SGD + Nesterov, warmup + cosine, bf16.
+
+  Args:
+    c: a config from `base_config()`, changed in place.
+    model: a registry name (alexnet, zfnet, vgg*, googlenet, resnet*).
+    num_train_examples: training-set size, for the warmup length (5 epochs where warmed up).
+  """
+  batch_size, lr_per_256, weight_decay, epochs = _FAMILY_RECIPES[_family(model)]
+  inception_crop_input(c)
+  c.input.batch_size = batch_size
+  c.input.eval_batch_size = 1024
+  c.model.name = model
+  c.model.dtype = "bfloat16"
+  c.optim.name = "sgd"
+  c.optim.learning_rate = lr_per_256 * batch_size / 256
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = weight_decay
+  c.optim.schedule = "cosine"
+  warmup_epochs = 5 if batch_size > 256 else 0
+  c.optim.warmup_steps = math.ceil(warmup_epochs * num_train_examples / batch_size)
+  c.train.num_epochs = epochs
+  c.train.label_smoothing = 0.1
+  c.train.log_every = 100
+  c.train.eval_every = 5000
+  c.train.checkpoint_every = 2500
