@@ -20,10 +20,19 @@ def _batch(b=16, h=8, w=10):
   return {"image": images, "mask": images[..., :1].copy(), "label": np.arange(b)}
 
 
+def _sampled(batch, rng, padding=3):
+  """Draws per-example augmentation for a batch, as the pipeline does record by record."""
+  draws = [transforms.sample_crop_and_flip({}, rng, padding, flip=True)
+           for _ in range(len(batch["image"]))]
+  return {**batch, "crop_offset": np.stack([d["crop_offset"] for d in draws]),
+          "flip": np.array([d["flip"] for d in draws])}
+
+
 def test_crop_and_flip_move_image_and_mask_together():
   rng = np.random.default_rng(0)
   for _ in range(5):
-    out = transforms.random_flip(transforms.pad_and_random_crop(_batch(), rng, padding=3), rng)
+    out = transforms.apply_crop_and_flip(_sampled(_batch(), rng), padding=3)
+    assert set(out) == {"image", "mask", "label"}
     assert out["image"].shape == (16, 8, 10, 3) and out["mask"].shape == (16, 8, 10, 1)
     np.testing.assert_array_equal(out["image"][..., :1], out["mask"])
     np.testing.assert_array_equal(out["label"], np.arange(16))
@@ -31,20 +40,17 @@ def test_crop_and_flip_move_image_and_mask_together():
 
 def test_crop_is_a_shifted_window_of_each_zero_padded_image():
   batch = _batch()
-  out = transforms.pad_and_random_crop(batch, np.random.default_rng(1), padding=2)
-  shifts = set()
-  for i in range(16):
+  offsets = np.random.default_rng(1).integers(0, 5, size=(16, 2))
+  out = transforms.pad_and_crop(batch, offsets, padding=2)
+  for i, (t, l) in enumerate(offsets):
     padded = np.pad(batch["image"][i], ((2, 2), (2, 2), (0, 0)))
-    matches = [(t, l) for t in range(5) for l in range(5)
-               if np.array_equal(out["image"][i], padded[t:t + 8, l:l + 10])]
-    assert matches
-    shifts.add(matches[0])
-  assert len(shifts) > 1  # Each example gets its own offset.
+    np.testing.assert_array_equal(out["image"][i], padded[t:t + 8, l:l + 10])
+  assert len({tuple(o) for o in offsets}) > 1  # Each example gets its own offset.
 
 
 def test_flip_reverses_columns_of_about_half_the_batch():
   batch = _batch(64)
-  out = transforms.random_flip(batch, np.random.default_rng(0))
+  out = transforms.apply_crop_and_flip(_sampled(batch, np.random.default_rng(0)), padding=0)
   flipped = [np.array_equal(o, b[:, ::-1]) for o, b in zip(out["image"], batch["image"])]
   kept = [np.array_equal(o, b) for o, b in zip(out["image"], batch["image"])]
   assert all(f != k for f, k in zip(flipped, kept))
@@ -122,7 +128,7 @@ def test_imagenet_style_pipeline_on_variable_size_mock_images():
     source = datasets.open_split(builder, "train")
     shapes = {source[i]["image"].shape for i in range(len(source))}
     assert len(shapes) > 1
-    train = next(iter(pipeline.train_loader(c, source, seed=0)))
+    train = next(pipeline.train_batches(c, source, seed=0))
     evals = list(pipeline.eval_batches(c, datasets.open_split(builder, "validation")))
   assert train["image"].shape == (8, 24, 24, 3) and train["image"].dtype == np.float32
   assert all(b["image"].shape == (8, 24, 24, 3) for b in evals)
@@ -172,31 +178,59 @@ def test_eval_batches_cover_the_split_once_with_masked_padding(tiny_shapes_dir):
                                 [source[i]["label"] for i in range(64)])
 
 
-def test_train_loader_is_seeded_and_resumes_from_its_state(tiny_shapes_dir):
+def _shapes_train(tiny_shapes_dir):
   builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
-  source = datasets.open_split(builder, "train", in_memory=True)
-  loader = pipeline.train_loader(_input_config(), source, seed=7)
-  first = iter(loader)
-  for _ in range(3):
-    next(first)
-  state = first.get_state()
-  expected = [next(first) for _ in range(10)]  # Crosses an epoch boundary (256 / 32 = 8).
-  resumed = iter(pipeline.train_loader(_input_config(), source, seed=7))
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
+  return datasets.open_split(builder, "train", in_memory=True)
+
+
+def _assert_same_batches(expected, actual):
+  for want, got in zip(expected, actual, strict=True):
     np.testing.assert_array_equal(want["image"], got["image"])
     np.testing.assert_array_equal(want["label"], got["label"])
-  other_seed = next(iter(pipeline.train_loader(_input_config(), source, seed=8)))
-  assert not np.array_equal(other_seed["label"], next(iter(loader))["label"])
-  assert expected[0]["image"].dtype == np.float32 and expected[0]["image"].shape == (32, 32, 32, 3)
+
+
+def test_train_batches_are_seeded_and_start_at_any_step(tiny_shapes_dir):
+  source = _shapes_train(tiny_shapes_dir)
+  stream = pipeline.train_batches(_input_config(), source, seed=7)
+  batches = [next(stream) for _ in range(13)]  # Crosses an epoch boundary (256 / 32 = 8).
+  resumed = pipeline.train_batches(_input_config(), source, seed=7, start_step=3)
+  _assert_same_batches(batches[3:], [next(resumed) for _ in range(10)])
+  # Each epoch is a new permutation of all 256 records.
+  epoch1 = np.concatenate([b["label"] for b in batches[:8]])
+  epoch2 = np.concatenate([b["label"] for b in batches[8:13]])
+  assert sorted(np.bincount(epoch1)) == sorted(np.bincount([source[i]["label"]
+                                                            for i in range(256)]))
+  assert not np.array_equal(epoch1[:len(epoch2)], epoch2)
+  other_seed = next(pipeline.train_batches(_input_config(), source, seed=8))
+  assert not np.array_equal(other_seed["label"], batches[0]["label"])
+  assert batches[0]["image"].dtype == np.float32 and batches[0]["image"].shape == (32, 32, 32, 3)
+
+
+def test_processes_together_read_exactly_the_single_process_batch(tiny_shapes_dir, monkeypatch):
+  """Global batch s is the same records with the same augmentation on any process count."""
+  source = _shapes_train(tiny_shapes_dir)
+  single = pipeline.train_batches(_input_config(), source, seed=5, start_step=6)
+  expected = [next(single) for _ in range(3)]
+  shares = []
+  monkeypatch.setattr(pipeline.jax, "process_count", lambda: 4)
+  for p in range(4):
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
+    stream = pipeline.train_batches(_input_config(), source, seed=5, start_step=6)
+    shares.append([next(stream) for _ in range(3)])
+  for step, want in enumerate(expected):
+    local = [shares[p][step] for p in range(4)]
+    assert all(part["image"].shape == (8, 32, 32, 3) for part in local)
+    # Process p holds global rows p, p + 4, ...: interleaving the shares restores the batch.
+    for key in ("image", "label"):
+      got = np.stack([part[key] for part in local], axis=1).reshape(want[key].shape)
+      np.testing.assert_array_equal(want[key], got)
 
 
 def test_global_batch_is_sharded_over_the_mesh():
   from vision_jax.train import parallel
   mesh = parallel.make_mesh()
   batch = {"image": np.zeros((16, 4, 4, 3), np.float32), "label": np.arange(16)}
-  out = pipeline.to_global(batch, parallel.data_sharding(mesh))
+  out = parallel.to_global(batch, parallel.data_sharding(mesh))
   assert out["image"].shape == (16, 4, 4, 3)
   assert len(out["label"].addressable_shards) == jax.device_count() == 8
   assert out["label"].addressable_shards[1].data.tolist() == [2, 3]
@@ -216,21 +250,12 @@ def test_stock_tfds_names_go_through_the_same_path():
     assert source[0]["image"].shape == (32, 32, 3)
 
 
-def test_worker_processes_are_deterministic_and_resumable(tiny_shapes_dir):
-  """With worker processes each worker batches its own records, so batches differ from
-  `num_workers=0`, but a given worker count is reproducible and resumes exactly."""
-  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
-  source = datasets.open_split(builder, "train", in_memory=True)
+def test_worker_processes_make_the_same_batches(tiny_shapes_dir):
+  """Each worker builds whole batches, so the worker count changes speed, not data."""
+  source = _shapes_train(tiny_shapes_dir)
   config = _input_config()
+  stream = pipeline.train_batches(config, source, seed=3, start_step=2)
+  expected = [next(stream) for _ in range(3)]
   config.num_workers = 2
-  first = iter(pipeline.train_loader(config, source, seed=3))
-  next(first)
-  state = first.get_state()
-  expected = [next(first) for _ in range(3)]
-  resumed = iter(pipeline.train_loader(config, source, seed=3))
-  resumed.set_state(state)
-  for want in expected:
-    got = next(resumed)
-    assert got["image"].shape == (32, 32, 32, 3)
-    np.testing.assert_array_equal(want["image"], got["image"])
-    np.testing.assert_array_equal(want["label"], got["label"])
+  stream = pipeline.train_batches(config, source, seed=3, start_step=2)
+  _assert_same_batches(expected, [next(stream) for _ in range(3)])

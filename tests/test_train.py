@@ -84,9 +84,8 @@ def _batch(seed=0, batch_size=16):
 def test_train_and_eval_steps_compile_only_once():
   mesh = parallel.make_mesh()
   state = _state(mesh, "simple_cnn")
-  train_step, eval_step = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99,
-                                              aux_loss_weight=0.3)
-  sharding = parallel.data_sharding(mesh)
+  compiled = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99,
+                                 aux_loss_weight=0.3)
   compiles = []
   def on_event(event, duration, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
@@ -95,9 +94,9 @@ def test_train_and_eval_steps_compile_only_once():
     if seed == 1:  # Everything after the first step must reuse the compiled programs.
       jax.monitoring.register_event_duration_secs_listener(on_event)
     batch = _batch(seed)
-    state, metrics = train_step(state, jax.device_put(batch, sharding))
+    state, metrics = compiled.train(state, batch)
     batch["weight"] = np.ones(16, np.float32)
-    eval_step(state, jax.device_put(batch, sharding))
+    compiled.evaluate(state, batch)
   jax.monitoring.unregister_event_duration_listener(on_event)
   assert compiles == []
   assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
@@ -110,11 +109,10 @@ def test_eight_devices_match_one_device():
     assert len(devices) in (1, 8)
     mesh = parallel.make_mesh(devices)
     state, batch = _state(mesh), _batch()
-    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9,
-                                        aux_loss_weight=0.3)
-    batch = jax.device_put(batch, parallel.data_sharding(mesh))
+    compiled = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9,
+                                   aux_loss_weight=0.3)
     for _ in range(2):
-      state, metrics = train_step(state, batch)
+      state, metrics = compiled.train(state, batch)
     results.append((float(metrics["loss"]), jax.device_get(state.params),
                     jax.device_get(state.batch_stats)))
   (loss1, params1, stats1), (loss8, params8, stats8) = results
@@ -126,7 +124,9 @@ def test_eight_devices_match_one_device():
 @pytest.mark.parametrize("field, value, expected", [
     ("model.name", "resnet5", "resnet50"),
     ("optim.name", "adam", "adamw"),
-    ("parallel.strategy", "tpu", "jit"),
+    ("parallel.strategy", "tpu", "pmap"),
+    ("parallel.fsdp", 3, "divisor of the device count (8)"),
+    ("train.grad_accum_steps", 4, "grad_accum_steps (4)"),
     ("input.batch_size", 12, "device count (8)"),
 ])
 def test_bad_config_values_name_the_valid_choices(field, value, expected):
@@ -187,9 +187,53 @@ def test_auxiliary_classifiers_are_trained_through_their_loss():
     state = create_train_state(_WithAuxHead(), optax.sgd(0.1), jax.random.key(0), (32, 32, 3),
                                mesh, use_ema=False)
     before = jax.device_get(state.params["aux1"]["kernel"])
-    train_step, _ = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.0,
-                                        aux_loss_weight=weight)
-    state, metrics = train_step(state, _batch())
+    compiled = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.0,
+                                   aux_loss_weight=weight)
+    state, metrics = compiled.train(state, _batch())
     moved[weight] = bool(np.any(jax.device_get(state.params["aux1"]["kernel"]) != before))
     assert np.isfinite(float(metrics["loss"]))
   assert moved == {0.0: False, 0.3: True}
+
+
+def test_pretrained_weights_replace_matching_layers_and_keep_the_new_head(tmp_path):
+  from vision_jax.models import torch_import
+  from vision_jax.train.state import load_pretrained
+  source = models.get_model("resnet20", num_classes=100)  # Pretrained on 100 classes.
+  variables = jax.device_get(source.init(jax.random.key(1), np.zeros((1, 32, 32, 3)),
+                                         train=False))
+  variables["batch_stats"] = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])
+  torch_import.save_converted(variables, str(tmp_path / "pretrained"))
+  loaded = torch_import.load_converted(str(tmp_path / "pretrained"))
+
+  mesh = parallel.make_mesh()
+  state = _state(mesh)  # 10 classes, EMA on.
+  state, kept = load_pretrained(state, loaded)
+  assert sorted(kept) == ["params/head/bias", "params/head/kernel"]
+  np.testing.assert_array_equal(state.params["stem"]["conv"]["kernel"],
+                                variables["params"]["stem"]["conv"]["kernel"])
+  np.testing.assert_array_equal(state.ema_params["stem"]["conv"]["kernel"],
+                                variables["params"]["stem"]["conv"]["kernel"])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats),
+               variables["batch_stats"])
+  assert state.params["head"]["kernel"].shape == (64, 10)
+  leaf = state.params["stem"]["conv"]["kernel"]
+  assert leaf.sharding.is_fully_replicated and len(leaf.addressable_shards) == 8
+
+
+def test_training_starts_from_init_from(tmp_path):
+  from vision_jax.models import torch_import
+  model = models.get_model("simple_cnn", num_classes=10)
+  variables = jax.device_get(model.init(jax.random.key(3), np.zeros((1, 32, 32, 3)),
+                                        train=False))
+  torch_import.save_converted(variables, str(tmp_path / "pretrained"))
+  c = tiny_config(num_steps=1)
+  c.model.init_from = str(tmp_path / "pretrained")
+  c.optim.learning_rate = 0.0  # The saved weights must come out unchanged.
+  with tfds.testing.mock_data(num_examples=16):
+    loop.train_and_evaluate(c, str(tmp_path / "run"))
+  restored = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=1,
+                                     best_metric="accuracy")
+  import orbax.checkpoint as ocp
+  saved = ocp.StandardCheckpointer().restore(str(tmp_path / "run" / "checkpoints" / "1" /
+                                                 "state"))
+  jax.tree.map(np.testing.assert_array_equal, saved["params"], variables["params"])

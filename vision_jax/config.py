@@ -9,7 +9,7 @@ the command line then locks the config, so a misspelt key there
 
 import ml_collections
 
-STRATEGIES = ("jit",)
+STRATEGIES = ("jit", "pmap")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "simple_cnn"
   c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific fields, e.g. dropout_rate.
+  # Pretrained weights: a directory written by `python -m vision_jax.models.torch_import`. Used
+  # when training starts (not on resume); layers of another shape (the head) stay fresh.
+  c.model.init_from = ml_collections.FieldReference(None, field_type=str)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"
@@ -66,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   c.train.num_epochs = 10.0
   c.train.num_steps = ml_collections.FieldReference(None, field_type=int)  # Overrides epochs.
+  c.train.grad_accum_steps = 1  # Micro-batches per step: same update, 1/k of the activations.
   c.train.label_smoothing = 0.0
   c.train.ema_decay = 0.0  # 0 disables the exponential moving average of weights.
   c.train.aux_loss_weight = 0.3  # Auxiliary classifiers (GoogLeNet), as in its paper.
@@ -77,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.progress_bar = True
 
   c.parallel = ml_collections.ConfigDict()
-  c.parallel.strategy = "jit"
+  c.parallel.strategy = "jit"  # "jit": one Mesh, XLA partitions; "pmap": replicated + pmean.
+  c.parallel.fsdp = 1  # jit only: devices per parameter-sharding group (FSDP); 1 = replicate.
   return c
 
 
@@ -111,13 +116,25 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if not 0 < config.input.center_crop_fraction <= 1:
     raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
                      "must be in (0, 1].")
+  if config.parallel.strategy == "pmap" and config.parallel.fsdp != 1:
+    raise ValueError(f"config.parallel.fsdp={config.parallel.fsdp} needs strategy 'jit' "
+                     "(pmap replicates the state); set config.parallel.fsdp=1.")
+  if config.parallel.fsdp < 1 or num_devices % config.parallel.fsdp:
+    raise ValueError(f"config.parallel.fsdp={config.parallel.fsdp} must be a positive divisor "
+                     f"of the device count ({num_devices}).")
+  accum = config.train.grad_accum_steps
+  if accum < 1:
+    raise ValueError(f"config.train.grad_accum_steps={accum} must be >= 1.")
   for field in ("batch_size", "eval_batch_size"):
-    size = config.input[field]
-    if size <= 0 or size % num_devices:
+    size, multiple = config.input[field], num_devices
+    divisor = f"the device count ({num_devices})"
+    if field == "batch_size" and accum > 1:
+      multiple *= accum
+      divisor += f" × train.grad_accum_steps ({accum})"
+    if size <= 0 or size % multiple:
       raise ValueError(
-          f"config.input.{field}={size} must be a positive multiple of the device count "
-          f"({num_devices}) so that every device gets the same share; try "
-          f"{max(num_devices, size // num_devices * num_devices)}.")
+          f"config.input.{field}={size} must be a positive multiple of {divisor} so that every "
+          f"device gets the same share; try {max(multiple, size // multiple * multiple)}.")
   if config.train.num_steps is None and config.train.num_epochs <= 0:
     raise ValueError(f"config.train.num_epochs={config.train.num_epochs} must be > 0.")
   if len(config.input.mean) != len(config.input.std):

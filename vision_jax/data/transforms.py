@@ -23,14 +23,29 @@ def select(example: dict, keys: Sequence[str]) -> dict:
   return {k: example[k] for k in keys}
 
 
-def pad_and_random_crop(batch: dict, rng: np.random.Generator, padding: int) -> dict:
-  """Zero-pads each image of a batch by `padding` on every side and crops back at random.
+def sample_crop_and_flip(example: dict, rng: np.random.Generator, padding: int,
+                         flip: bool) -> dict:
+  """Draws one example's augmentation: a crop offset and a flip bit (applied per batch later).
+
+  Drawing per example, from grain's per-record generator, ties the augmentation to the record's
+  global position in the data stream; applying it per batch keeps the pixel work vectorised.
+  So the same step sees the same augmented batch on any number of processes and devices.
+
+  Adds `crop_offset` (2,) int (top, left in [0, 2 * padding]) and `flip` (bool).
+  """
+  out = dict(example)
+  out["crop_offset"] = rng.integers(0, 2 * padding + 1, size=2)
+  out["flip"] = bool(flip and rng.random() < 0.5)
+  return out
+
+
+def pad_and_crop(batch: dict, offsets: np.ndarray, padding: int) -> dict:
+  """Zero-pads each image of a batch by `padding` on every side and crops back at `offsets`.
 
   Works on whole batches (B, H, W[, C]): one vectorised pad, then a slice per example, which is
-  several times cheaper than per-example numpy calls.
+  several times cheaper than per-example numpy calls. `offsets`: (B, 2) top, left.
   """
   b, h, w = batch["image"].shape[:3]
-  offsets = rng.integers(0, 2 * padding + 1, size=(b, 2))  # (B, 2): top, left
   out = dict(batch)
   for key in _GEOMETRIC_KEYS:
     if key in batch:
@@ -40,9 +55,8 @@ def pad_and_random_crop(batch: dict, rng: np.random.Generator, padding: int) -> 
   return out
 
 
-def random_flip(batch: dict, rng: np.random.Generator) -> dict:
-  """Flips each example of a batch left-right with probability 1/2."""
-  flip = rng.random(len(batch["image"])) < 0.5  # (B,)
+def flip_where(batch: dict, flip: np.ndarray) -> dict:
+  """Flips left-right the examples of a batch where `flip` (B,) is True."""
   out = dict(batch)
   for key in _GEOMETRIC_KEYS:
     if key in batch:
@@ -50,6 +64,15 @@ def random_flip(batch: dict, rng: np.random.Generator) -> dict:
       where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
       out[key] = np.where(where, x[:, :, ::-1], x)
   return out
+
+
+def apply_crop_and_flip(batch: dict, padding: int) -> dict:
+  """Applies the offsets and flips that `sample_crop_and_flip` drew, and drops them."""
+  out = dict(batch)
+  offsets, flip = out.pop("crop_offset"), out.pop("flip")
+  if padding:
+    out = pad_and_crop(out, offsets, padding)
+  return flip_where(out, flip)
 
 
 def _resize_box(x: np.ndarray, key: str, size: tuple[int, int],

@@ -18,6 +18,12 @@ The auxiliary heads run only when `train=True` (and at `init`, so that their par
 their float32 logits are then in `features["aux1"]` and `features["aux2"]`, for the training loss
 to weigh (0.3 each in the paper). Evaluation does not compute them.
 
+`transform_input=True` re-normalises inputs as torchvision's `transform_input` does: it maps
+images normalised with the ImageNet mean/std to images normalised with mean = std = 0.5, which
+torchvision's pretrained GoogLeNet weights (IMAGENET1K_V1, "ported from the original paper")
+expect. torchvision turns it on whenever it loads those weights and leaves it off for random
+init, as our default (False) does; set it when using weights converted from them (`torch_import`).
+
 Small inputs: pools smaller than their window give 1 px, and the auxiliary heads' adaptive pool
 works on maps smaller than 4x4, so any size from 1 px up works.
 """
@@ -31,6 +37,10 @@ import jax.numpy as jnp
 
 from vision_jax.models import pooling
 from vision_jax.models.layers import ConvNormAct, ModuleDef
+
+# torchvision's `transform_input` undoes this normalisation (RGB) and applies mean = std = 0.5.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Inception blocks by name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection).
 INCEPTION_BLOCKS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -101,6 +111,8 @@ class GoogLeNet(nn.Module):
   Attributes:
     num_classes: Number of output logits.
     aux_logits: Build the two auxiliary classifiers (computed only in training).
+    transform_input: Map ImageNet-mean/std-normalised inputs to mean = std = 0.5 first, as
+      torchvision's pretrained GoogLeNet does (see the module docstring).
     dropout_rate: Dropout before the final classifier, in training.
     aux_dropout_rate: Dropout inside the auxiliary classifiers.
     bn_axis_name: Device axis over which BatchNorm averages batch statistics; None normalises
@@ -111,6 +123,7 @@ class GoogLeNet(nn.Module):
 
   num_classes: int
   aux_logits: bool = True
+  transform_input: bool = False
   dropout_rate: float = 0.2
   aux_dropout_rate: float = 0.7
   bn_axis_name: str | None = None
@@ -149,6 +162,11 @@ class GoogLeNet(nn.Module):
     run_aux = self.aux_logits and (train or self.is_initializing())
 
     out = {}
+    if self.transform_input:
+      # (x * std + mean - 0.5) / 0.5 per channel, constants computed as torchvision does.
+      scale = jnp.array([s / 0.5 for s in _IMAGENET_STD], x.dtype)
+      shift = jnp.array([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
+      x = x * scale + shift  # (B, H, W, 3)
     x = conv_norm(64, kernel_size=(7, 7), strides=(2, 2), name="conv1")(x)  # (B, 112, 112, 64)
     x = pooling.torch_max_pool(x, 3, 2, ceil_mode=True)  # (B, 56, 56, 64)
     x = conv_norm(64, kernel_size=(1, 1), name="conv2")(x)

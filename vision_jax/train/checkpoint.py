@@ -1,19 +1,21 @@
-"""Orbax checkpoints of the train state and the data-iterator position.
+"""Orbax checkpoints of the train state.
 
-Saves are asynchronous (training goes on while the arrays are written) and atomic (Orbax
-writes into a temporary directory and renames it when complete; a half-written step is never
-restored). Kept: the last `keep` steps plus the best one by an eval metric.
+Saves are asynchronous (training goes on while the arrays are written), atomic (Orbax writes
+into a temporary directory and renames it when complete; a half-written step is never
+restored) and collective (every process writes its shards of the global arrays). Kept: the last
+`keep` steps plus the best one by an eval metric. The data position needs no saving: it is a
+function of the step (see `vision_jax.data.pipeline`). Restoring onto another topology (other
+device or process counts, `jit` or `pmap`) re-shards the arrays on the way in.
 """
 
 import orbax.checkpoint as ocp
-import grain
 from orbax.checkpoint import checkpoint_managers
 
 _LOWER_IS_BETTER = ("loss",)
 
 
 class Checkpointer:
-  """A `CheckpointManager` for `{state, data}` items with the project's retention policy.
+  """A `CheckpointManager` for the `state` item with the project's retention policy.
 
   Args:
     directory: where step directories go (absolute path).
@@ -45,26 +47,23 @@ class Checkpointer:
     """The kept checkpoint with the best eval metric, or None."""
     return self._manager.best_step()
 
-  def save(self, step: int, state, data_iterator, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` and the data iterator's position at `step`."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              data=grain.checkpoint.CheckpointSave(data_iterator))
-    self._manager.save(step, args=args, metrics=metrics, force=True)
+  def save(self, step: int, state, metrics: dict | None = None) -> None:
+    """Starts an asynchronous save of `state` (global arrays) at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+                       metrics=metrics, force=True)
 
-  def restore(self, step: int, abstract_state, data_iterator):
-    """Restores the state onto the shardings in `abstract_state`; moves the iterator in place.
+  def restore(self, step: int, abstract_state):
+    """Restores the state onto the shardings in `abstract_state`.
 
     Args:
       step: which checkpoint.
       abstract_state: a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the state;
         restoring onto it re-shards to whatever devices this run has.
-      data_iterator: a grain iterator whose position is set to the saved one.
 
     Returns:
       The restored state.
     """
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              data=grain.checkpoint.CheckpointRestore(data_iterator))
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     return self._manager.restore(step, args=args).state
 
   def wait(self) -> None:

@@ -1,8 +1,8 @@
 """The classification training loop: data → compiled steps → metrics, checkpoints, plots.
 
-A workdir that holds a checkpoint resumes from it (state and data position), so rerunning the
-same command after a crash, a SIGKILL or a preemption continues exactly where the last
-checkpoint left off. SIGTERM saves a checkpoint first, then returns.
+A workdir that holds a checkpoint resumes from it (the state; the data position follows from the
+step), so rerunning the same command after a crash, a SIGKILL or a preemption continues exactly
+where the last checkpoint left off, on any number of devices or processes. SIGTERM saves a checkpoint first, then returns.
 """
 
 import json
@@ -16,32 +16,46 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from vision_jax import config as config_lib
 from vision_jax import models
 from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import classification
 from vision_jax.train import checkpoint, metric_writer, optim, parallel, steps
-from vision_jax.train.state import create_train_state
+from vision_jax.models import torch_import
+from vision_jax.train.state import create_train_state, load_pretrained
 from vision_jax.viz import curves
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop polls, so the state is saved before exiting."""
+class _Preemption:
+  """SIGTERM → save and stop, at the same step on every process.
 
-  def __init__(self):
-    self.raised = False
+  One process: SIGTERM sets a flag the loop polls. Several processes: `jax.distributed`'s
+  preemption service catches SIGTERM on any of them and agrees on a step all of them reach
+  (`reached_preemption_sync_point`), so their collective checkpoint is of the same step.
+  """
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._raised = False
+    self._multi = jax.process_count() > 1
+    if not self._multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.raised = True
+    self._raised = True
+
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (call it at every step)."""
+    if self._multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._raised
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multi:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _mean_metrics(pending: list[dict]) -> dict:
@@ -55,11 +69,18 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return means
 
 
-def evaluate(eval_step, state, config: ml_collections.ConfigDict, source, sharding) -> dict:
-  """One full pass over `source`; returns top-1/top-5 accuracy and error and the mean loss."""
+def evaluate(eval_step, state, config: ml_collections.ConfigDict, source) -> dict:
+  """One full pass over `source`; returns top-1/top-5 accuracy and error and the mean loss.
+
+  Args:
+    eval_step: `(state, local_batch) -> sums` (`CompiledSteps.evaluate`).
+    state: the global train state.
+    config: the experiment config.
+    source: the eval split.
+  """
   totals = None
   for batch in pipeline.eval_batches(config.input, source):
-    sums = eval_step(state, pipeline.to_global(batch, sharding))
+    sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return classification.finalize(totals)
 
@@ -91,8 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh()
-  config_lib.validate(config, num_devices=mesh.size)
+  config_lib.validate(config, num_devices=jax.device_count())
+  mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
@@ -112,41 +133,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   model = models.get_model(config.model.name, num_classes=info.num_classes,
                            dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+  if config.parallel.strategy == "pmap" and hasattr(model, "bn_axis_name"):
+    model = model.clone(bn_axis_name=parallel.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
   tx = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
   state = create_train_state(model, tx, jax.random.key(config.seed), image_shape, mesh,
                              use_ema=config.train.ema_decay > 0)
-  train_step, eval_step = steps.compile_steps(
-      mesh, state, label_smoothing=config.train.label_smoothing,
-      ema_decay=config.train.ema_decay, aux_loss_weight=config.train.aux_loss_weight)
-  batch_sharding = parallel.data_sharding(mesh)
-  train_iter = iter(pipeline.train_loader(config.input, train_source, seed=config.seed))
-
+  compiled = steps.compile_steps(
+      mesh, state, strategy=config.parallel.strategy,
+      label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
+      aux_loss_weight=config.train.aux_loss_weight,
+      grad_accum_steps=config.train.grad_accum_steps)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  keep=config.train.keep_checkpoints,
                                  best_metric=config.train.best_metric)
   writer_path = os.path.join(workdir, "metrics.jsonl")
   if (latest := ckpt.latest_step()) is not None:
-    state = ckpt.restore(latest, _abstract(state), train_iter)
+    state = ckpt.restore(latest, _abstract(state))
     _drop_records_after(writer_path, latest)
+  elif config.model.init_from is not None:
+    state, kept = load_pretrained(state, torch_import.load_converted(config.model.init_from))
+    if jax.process_index() == 0:
+      print(f"Initialised from {config.model.init_from}; freshly initialised: "
+            f"{kept or 'nothing'}")
   writer = metric_writer.MetricWriter(workdir)
 
   step = int(state.step)
+  train_iter = pipeline.train_batches(config.input, train_source, seed=config.seed,
+                                      start_step=step)
+  train_state = compiled.to_train_layout(state)
+  del state  # Donated to the first step under jit; pmap holds its own copy.
   is_main = jax.process_index() == 0
   bar = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
                   disable=not (is_main and config.train.progress_bar))
   pending, eval_metrics, preempted = [], {}, False
   tick, tick_step = time.perf_counter(), step
   try:
-    with _SigtermFlag() as sigterm:
+    with _Preemption() as preemption:
       while step < total_steps:
-        batch = pipeline.to_global(next(train_iter), batch_sharding)
-        state, metrics = train_step(state, batch)
+        train_state, metrics = compiled.train(train_state, next(train_iter))
         pending.append(metrics)
         step += 1
         last = step == total_steps
+        preempted = preemption.reached(step)
         do_eval = last or step % config.train.eval_every == 0
-        do_save = do_eval or step % config.train.checkpoint_every == 0 or sigterm.raised
+        do_save = do_eval or step % config.train.checkpoint_every == 0 or preempted
         if do_save or step % config.train.log_every == 0:
           train_metrics = _mean_metrics(pending)  # Raises on NaN before anything is saved.
           pending = []
@@ -160,14 +191,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           img_s=f"{train_metrics['images_per_sec']:.0f}")
         bar.update(1)
         if do_eval:
-          eval_metrics = evaluate(eval_step, state, config, eval_source, batch_sharding)
+          eval_metrics = evaluate(compiled.evaluate, compiled.to_global(train_state), config,
+                                  eval_source)
           writer.write(step, "eval", eval_metrics)
           bar.write(f"step {step}: eval accuracy {eval_metrics['accuracy']:.4f} "
                     f"(top-5 {eval_metrics['top5_accuracy']:.4f}), loss {eval_metrics['loss']:.4f}")
         if do_save:
-          ckpt.save(step, state, train_iter, metrics=eval_metrics if do_eval else None)
-        if sigterm.raised:
-          preempted = True
+          ckpt.save(step, compiled.to_global(train_state),
+                    metrics=eval_metrics if do_eval else None)
+        if preempted:
           bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
                     "resume.")
           break

@@ -3,6 +3,7 @@
 from typing import Any, Callable
 
 import flax
+from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,7 @@ class TrainState(flax.struct.PyTreeNode):
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
                        use_ema: bool) -> TrainState:
-  """Initialises the state directly on the devices, replicated over the mesh.
+  """Initialises the state directly on the devices, as `parallel.state_shardings` lays it out.
 
   Shapes come from `jax.eval_shape` first, so the state is allocated once, in place, by a jitted
   initialiser with explicit output shardings (no host round trip).
@@ -75,4 +76,37 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         ema_params=params if use_ema else None, apply_fn=model.apply, tx=tx)
 
   abstract = jax.eval_shape(init, rng)
-  return jax.jit(init, out_shardings=parallel.replicated_tree(mesh, abstract))(rng)
+  return jax.jit(init, out_shardings=parallel.state_shardings(mesh, abstract))(rng)
+
+
+def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, list[str]]:
+  """Starts from pretrained weights: every parameter and BatchNorm statistic whose path and
+  shape match is replaced; the rest keep their fresh initialisation.
+
+  Args:
+    state: a freshly created train state.
+    variables: `{"params", "batch_stats"}` (numpy), e.g. from
+      `vision_jax.models.torch_import.load_converted`.
+
+  Returns:
+    The state (arrays placed with the old ones' shardings; the EMA restarts from the new
+    parameters) and the paths that kept their initialisation (e.g. `params/head/kernel` when the
+    class count differs).
+  """
+  kept = []
+
+  def overlay(collection: str, tree):
+    loaded = traverse_util.flatten_dict(variables.get(collection) or {}, sep="/")
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    for path, leaf in flat.items():
+      new = loaded.get(path)
+      if new is None or tuple(new.shape) != tuple(leaf.shape):
+        kept.append(f"{collection}/{path}")
+        continue
+      flat[path] = jax.device_put(jnp.asarray(new, leaf.dtype), leaf.sharding)
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+  params = overlay("params", state.params)
+  batch_stats = overlay("batch_stats", state.batch_stats) if state.batch_stats else {}
+  ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+  return state.replace(params=params, batch_stats=batch_stats, ema_params=ema), kept

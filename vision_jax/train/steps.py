@@ -1,10 +1,14 @@
-"""Pure classification train and eval steps: `(state, batch) -> (state, metrics)`.
+"""Pure classification train and eval steps, and their compilation for each strategy.
 
-Both are compiled once by `compile_steps` with explicit shardings; the train step donates the
-old state so its buffers are reused in place.
+`train_step(state, batch) -> (state, metrics)` is one function for both strategies: under
+`jit` it sees the global batch and XLA inserts the collectives; under `pmap` it sees one
+device's share and averages gradients, BatchNorm statistics and metrics with `lax.pmean`.
+Gradient accumulation splits a batch into micro-batches inside the same compiled step.
 """
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,45 +25,83 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) 
   return optax.softmax_cross_entropy(logits, targets)  # (B,)
 
 
-def train_step(state: TrainState, batch: dict, *, label_smoothing: float, ema_decay: float,
-               aux_loss_weight: float) -> tuple[TrainState, dict]:
-  """One SGD step on a global batch.
-
-  Args:
-    state: the train state.
-    batch: `image` (B, H, W, C) float32 and `label` (B,) int.
-    label_smoothing: mass spread uniformly over all classes.
-    ema_decay: decay of the weight EMA (ignored when the state keeps none).
-    aux_loss_weight: weight of each auxiliary classifier's loss (features `aux*`, e.g.
-      GoogLeNet's two heads in training); the total is what gets minimised.
-
-  Returns:
-    The new state and this step's metrics, scalar means over the global batch: `loss` (of the
-    main classifier),
-    `accuracy` (top-1, on the augmented batch) and the gradient's global norm `grad_norm`.
-  """
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
+def _gradients(state: TrainState, batch_stats, batch: dict, rng: jax.Array,
+               label_smoothing: float, aux_loss_weight: float):
+  """Gradients, new BatchNorm statistics and metrics of one (micro-)batch."""
 
   def loss_fn(params):
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    variables = {"params": params, "batch_stats": batch_stats}
     (logits, features), updates = state.apply_fn(
-        variables, batch["image"], train=True, mutable=["batch_stats"],
-        rngs={"dropout": dropout_rng})
+        variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng})
     loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
     aux_losses = [cross_entropy(features[k], batch["label"], label_smoothing).mean()
                   for k in sorted(features) if k.startswith("aux")]
     total = loss + aux_loss_weight * sum(aux_losses)
     return total, (loss, logits, updates.get("batch_stats", {}))
 
-  (_, (loss, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+  (_, (loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  new_state = state.apply_gradients(grads, batch_stats, ema_decay)
-  metrics = {
-      "loss": loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-      "grad_norm": optax.tree.norm(grads),
-  }
-  return new_state, metrics
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+  return grads, new_stats, metrics
+
+
+def _micro_batches(batch: dict, steps: int) -> dict:
+  """(B, ...) → (steps, B / steps, ...): micro-batch i holds rows i, i + steps, ...
+
+  Strided rather than contiguous so that every device keeps its own rows: the split needs no
+  communication.
+  """
+  return jax.tree.map(
+      lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def train_step(state: TrainState, batch: dict, *, label_smoothing: float, ema_decay: float,
+               aux_loss_weight: float, grad_accum_steps: int = 1,
+               axis_name: str | None = None) -> tuple[TrainState, dict]:
+  """One optimiser step on a batch.
+
+  Args:
+    state: the train state.
+    batch: `image` (B, H, W, C) float32 and `label` (B,) int: the global batch under `jit`, one
+      device's share under `pmap`.
+    label_smoothing: mass spread uniformly over all classes.
+    ema_decay: decay of the weight EMA (ignored when the state keeps none).
+    aux_loss_weight: weight of each auxiliary classifier's loss (features `aux*`, e.g.
+      GoogLeNet's two heads in training); the total is what gets minimised.
+    grad_accum_steps: micro-batches the batch is split into; their gradients are averaged, so
+      the update equals the whole batch's (BatchNorm sees micro-batches, as on smaller devices).
+    axis_name: pmap's device axis, over which gradients, statistics and metrics are averaged;
+      None under `jit`.
+
+  Returns:
+    The new state and this step's metrics, scalar means over the batch: `loss` (of the main
+    classifier), `accuracy` (top-1, on the augmented batch) and the gradient's global norm
+    `grad_norm`.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # Different dropout masks on different devices.
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  grad_fn = functools.partial(_gradients, state, label_smoothing=label_smoothing,
+                              aux_loss_weight=aux_loss_weight)
+  if grad_accum_steps == 1:
+    grads, batch_stats, metrics = grad_fn(state.batch_stats, batch, rng)
+  else:
+    def accumulate(carry, micro):
+      grad_sum, stats = carry
+      index, micro_batch = micro
+      grads, stats, metrics = grad_fn(stats, micro_batch, jax.random.fold_in(rng, index))
+      return (jax.tree.map(jnp.add, grad_sum, grads), stats), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, batch_stats), metrics = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats),
+        (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps)))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
+    metrics = jax.tree.map(jnp.mean, metrics)
+  if axis_name is not None:
+    grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return state.apply_gradients(grads, batch_stats, ema_decay), metrics
 
 
 def eval_step(state: TrainState, batch: dict) -> dict:
@@ -69,21 +111,59 @@ def eval_step(state: TrainState, batch: dict) -> dict:
   return classification.weighted_sums(logits, batch["label"], loss, batch["weight"])
 
 
-def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, label_smoothing: float,
-                  ema_decay: float, aux_loss_weight: float):
-  """Jits both steps over `mesh`: batches split on `data`, state and metrics replicated.
+@dataclasses.dataclass(frozen=True)
+class CompiledSteps:
+  """The compiled steps of one strategy, and how its state layout maps to global arrays.
 
-  Returns:
-    `(train_step, eval_step)`, each `(state, batch) -> ...`; train donates its state argument.
+  Attributes:
+    train: `(train_state, local_batch) -> (train_state, metrics)`; donates its state. Takes
+      this process's numpy share of the global batch.
+    evaluate: `(state, local_batch) -> sums`, on the global state layout.
+    to_train_layout: global state → the layout `train` takes (identity under `jit`).
+    to_global: the train layout → global state (to save or evaluate).
   """
-  state_sharding = parallel.replicated_tree(mesh, state)
+  train: Callable
+  evaluate: Callable
+  to_train_layout: Callable
+  to_global: Callable
+
+
+def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, strategy: str = "jit",
+                  label_smoothing: float, ema_decay: float, aux_loss_weight: float,
+                  grad_accum_steps: int = 1) -> CompiledSteps:
+  """Compiles both steps for `strategy` ("jit" or "pmap") over `mesh`.
+
+  `jit`: state with the shardings of `parallel.state_shardings` (replicated, or FSDP-split),
+  batches split over all devices. `pmap`: replicated state in pmap's layout, each device
+  averaging with the others over `parallel.PMAP_AXIS` (the model's BatchNorm must use it too).
+  """
+  state_sharding = parallel.state_shardings(mesh, state)
   batch_sharding = parallel.data_sharding(mesh)
   scalar = parallel.replicated(mesh)
-  train = jax.jit(
-      functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay,
-                        aux_loss_weight=aux_loss_weight),
-      in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, scalar),
-      donate_argnums=(0,))
+  step = functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay,
+                           aux_loss_weight=aux_loss_weight, grad_accum_steps=grad_accum_steps)
   evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
                      out_shardings=scalar)
-  return train, evaluate
+
+  def eval_local(global_state, local_batch):
+    return evaluate(global_state, parallel.to_global(local_batch, batch_sharding))
+
+  if strategy == "jit":
+    train = jax.jit(step, in_shardings=(state_sharding, batch_sharding),
+                    out_shardings=(state_sharding, scalar), donate_argnums=(0,))
+    return CompiledSteps(
+        train=lambda s, local_batch: train(s, parallel.to_global(local_batch, batch_sharding)),
+        evaluate=eval_local, to_train_layout=lambda s: s, to_global=lambda s: s)
+  if strategy == "pmap":
+    train = jax.pmap(functools.partial(step, axis_name=parallel.PMAP_AXIS),
+                     axis_name=parallel.PMAP_AXIS, donate_argnums=(0,))
+
+    def train_local(pmap_state, local_batch):
+      new_state, metrics = train(pmap_state, parallel.pmap_batch(local_batch))
+      return new_state, parallel.first_local_copy(metrics)
+
+    return CompiledSteps(train=train_local, evaluate=eval_local,
+                         to_train_layout=parallel.to_pmap,
+                         to_global=lambda s: parallel.from_pmap(s, mesh))
+  raise ValueError(f"Unknown strategy {strategy!r}; valid choices: ['jit', 'pmap']")
+
