@@ -8,6 +8,8 @@ grain reads without TensorFlow.
 
 import dataclasses
 
+import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
@@ -51,15 +53,27 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """
   check_name(config.name)
   builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    if not config.prepare:
-      raise FileNotFoundError(
-          f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
-          "config.dataset.prepare=False; prepare it once with TensorFlow installed, e.g. "
-          f"`python -m vision_jax.data.prepare {config.name}`.")
-    download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  if jax.process_count() > 1:
+    # Process 0 prepares first (a shared file system then serves everyone); a process that
+    # still finds nothing has a disk of its own and prepares there.
+    if jax.process_index() == 0:
+      _prepare(builder, config)
+    multihost_utils.sync_global_devices(f"prepared {config.name}")
+    builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+  _prepare(builder, config)
   return builder
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+  if builder.is_prepared():
+    return
+  if not config.prepare:
+    raise FileNotFoundError(
+        f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
+        "config.dataset.prepare=False; prepare it once with TensorFlow installed, e.g. "
+        f"`python -m vision_jax.data.prepare {config.name}`.")
+  download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+  builder.download_and_prepare(file_format="array_record", download_config=download_config)
 
 
 def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:

@@ -194,8 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           eval_metrics = evaluate(compiled.evaluate, compiled.to_global(train_state), config,
                                   eval_source)
           writer.write(step, "eval", eval_metrics)
-          bar.write(f"step {step}: eval accuracy {eval_metrics['accuracy']:.4f} "
-                    f"(top-5 {eval_metrics['top5_accuracy']:.4f}), loss {eval_metrics['loss']:.4f}")
+          if is_main:
+            bar.write(f"step {step}: eval accuracy {eval_metrics['accuracy']:.4f} (top-5 "
+                      f"{eval_metrics['top5_accuracy']:.4f}), loss {eval_metrics['loss']:.4f}")
         if do_save:
           ckpt.save(step, compiled.to_global(train_state),
                     metrics=eval_metrics if do_eval else None)

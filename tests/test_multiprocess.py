@@ -1,0 +1,150 @@
+"""Several JAX processes on this machine (CPU, gloo collectives), as on several hosts.
+
+Each process gets 4 fake CPU devices; `jax.distributed` connects them into one 8-device job.
+Checked: 2 processes train exactly like 1 process with 8 devices (and 1 device); a checkpoint
+written by one topology resumes on another with the same numbers; SIGTERM on one process makes
+all of them save at the same step and exit cleanly; a process that dies stops the others with
+an error instead of a hang.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, data_dir, num_processes, devices_per_process, num_steps, *extra):
+  """Starts the same training command once per process; returns the Popen objects."""
+  port = _free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+  command = [sys.executable, "-m", "vision_jax.main", "--config=configs/shapes_cnn.py",
+             f"--workdir={workdir}", "--config.dataset.name=synthetic_shapes/tiny32",
+             f"--config.dataset.data_dir={data_dir}", "--config.dataset.prepare=False",
+             "--config.input.batch_size=16", "--config.input.eval_batch_size=32",
+             f"--config.train.num_steps={num_steps}", "--config.train.log_every=1",
+             "--config.train.progress_bar=False", "--config.optim.schedule=constant",
+             "--config.optim.warmup_steps=0", *extra]
+  processes = []
+  for i in range(num_processes):
+    flags = ([f"--coordinator_address=localhost:{port}", f"--num_processes={num_processes}",
+              f"--process_id={i}"] if num_processes > 1 else [])
+    processes.append(subprocess.Popen(command + flags, cwd=REPO, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  return processes
+
+
+def _finish(processes, timeout=300):
+  """Waits for every process; returns (exit codes, outputs)."""
+  outputs = [p.communicate(timeout=timeout)[0] for p in processes]
+  return [p.returncode for p in processes], outputs
+
+
+def _run(*args, **kwargs):
+  codes, outputs = _finish(_launch(*args, **kwargs))
+  assert codes == [0] * len(codes), "\n".join(o[-3000:] for o in outputs)
+  return outputs
+
+
+def _train_losses(workdir):
+  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  return {r["step"]: r["loss"] for r in records if r["split"] == "train"}
+
+
+def _params(workdir, step):
+  """Parameters of a checkpoint as numpy arrays, whatever topology wrote it."""
+  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
+  saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
+  wanted = {"params": saved["params"]}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True))["params"]
+
+
+def _assert_same_training(workdir, reference, step):
+  want, got = _train_losses(reference), _train_losses(workdir)
+  assert sorted(got) == sorted(want)
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                             rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5),
+               _params(reference, step), _params(workdir, step))
+
+
+def test_two_processes_match_one_and_checkpoints_move_between_topologies(tmp_path,
+                                                                         tiny_shapes_dir):
+  reference = str(tmp_path / "one_process_8_devices")
+  _run(reference, tiny_shapes_dir, 1, 8, 8, "--config.train.checkpoint_every=4")
+
+  two = str(tmp_path / "two_processes")
+  outputs = _run(two, tiny_shapes_dir, 2, 4, 8, "--config.train.checkpoint_every=4")
+  _assert_same_training(two, reference, 8)
+  assert "Done. Workdir" in outputs[0] and "Done. Workdir" not in outputs[1]  # Only process 0.
+
+  # The 8-device checkpoint of step 4 resumes on 2 processes and on 1 device.
+  for name, processes, devices in (("resumed_on_2x4", 2, 4), ("resumed_on_1", 1, 1)):
+    workdir = str(tmp_path / name)
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+    _run(workdir, tiny_shapes_dir, processes, devices, 8, "--config.train.checkpoint_every=4")
+    _assert_same_training(workdir, reference, 8)
+
+
+def _wait_for_train_records(workdir, count, processes, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while not (os.path.exists(path) and len(open(path).readlines()) >= count):
+    assert all(p.poll() is None for p in processes), "a process exited early"
+    assert time.time() < deadline, "training did not start"
+    time.sleep(0.2)
+
+
+def test_sigterm_on_one_process_saves_every_process_at_the_same_step(tmp_path,
+                                                                      tiny_shapes_dir):
+  workdir = str(tmp_path / "preempted")
+  long_run = ("--config.train.checkpoint_every=1000", "--config.train.eval_every=1000")
+  processes = _launch(workdir, tiny_shapes_dir, 2, 4, 400, *long_run)
+  _wait_for_train_records(workdir, 3, processes)
+  processes[1].send_signal(signal.SIGTERM)  # Only one process is told.
+  codes, outputs = _finish(processes, timeout=120)
+  assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+  saved = [int(o.split("SIGTERM: saved a checkpoint at step ")[1].split(";")[0])
+           for o in outputs]
+  assert saved[0] == saved[1] < 400
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == [saved[0]]
+
+  # The same command resumes from there; the log has every step exactly once.
+  _run(workdir, tiny_shapes_dir, 2, 4, saved[0] + 5, *long_run)
+  assert sorted(_train_losses(workdir)) == list(range(1, saved[0] + 6))
+
+
+def test_a_dead_process_stops_the_others_with_an_error(tmp_path, tiny_shapes_dir):
+  workdir = str(tmp_path / "crashed")
+  processes = _launch(workdir, tiny_shapes_dir, 2, 4, 100000,
+                      "--config.train.checkpoint_every=100000", "--heartbeat_timeout_seconds=5")
+  _wait_for_train_records(workdir, 3, processes)
+  processes[1].kill()
+  start = time.time()
+  output = processes[0].communicate(timeout=120)[0]
+  processes[1].wait()
+  assert processes[0].returncode != 0
+  assert time.time() - start < 60
+  assert "another task died" in output or "stopped sending heartbeats" in output, output[-3000:]
