@@ -1,0 +1,187 @@
+"""A trained classifier back from its workdir, ready to run on images: model, weights, config.
+
+Training writes `config.json` and Orbax checkpoints of the whole train state into its workdir.
+Inference needs much less: the config to rebuild the model, and the parameters and BatchNorm
+statistics. Those are restored as host numpy arrays, so
+a checkpoint written on 8 devices loads on 1 (or the other way round), and the optimiser state is
+not read.
+"""
+
+import dataclasses
+import json
+import os
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vision_jax import models
+from vision_jax.data import datasets, transforms
+
+_STATE_ITEM = "state"  # The train state's item name in `checkpoint.Checkpointer`'s composite.
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A restored classifier.
+
+  Attributes:
+    model: the registry model, unbound.
+    variables: `{"params", "batch_stats"}` as numpy arrays (EMA parameters when the run kept
+      them); pass to `model.apply(variables, images, train=False)`.
+    config: the run's config.
+    info: the dataset's name, class count and image shape.
+    class_names: a name per label (`str(label)` when the dataset has none).
+    image_shape: (H, W, C) the model expects, after `preprocess`.
+    step: the checkpoint's step.
+  """
+  model: object
+  variables: dict
+  config: ml_collections.ConfigDict
+  info: datasets.DatasetInfo
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]
+  step: int
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training run wrote into `workdir/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+        f"{path} does not exist: {workdir!r} is not a training workdir (train with "
+        "`python -m vision_jax.main --config=... --workdir=...` first).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _checkpoint_step(directory: str, step: int | None) -> int:
+  """`step`, checked to exist, or the latest complete checkpoint in `directory`."""
+  # Finalised step directories only: Orbax renames a step's temporary directory when complete.
+  steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {directory!r}; train (or resume) first.")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ValueError(f"No checkpoint at step {step} in {directory!r}; valid choices: {steps}")
+  return step
+
+
+def restore_variables(directory: str, step: int) -> dict:
+  """Restores `{"params", "batch_stats"}` of one checkpoint as numpy arrays.
+
+  Only those subtrees (and `ema_params`) are read: `partial_restore` skips the optimiser state,
+  the step and the rng key, and `restore_type=np.ndarray` ignores the shardings they were saved
+  with, so any device count works.
+
+  Args:
+    directory: the `checkpoints/` folder of a workdir.
+    step: which checkpoint.
+
+  Returns:
+    The variables to evaluate with: EMA parameters when the run kept them, else the live ones.
+  """
+  path = epath.Path(directory) / str(step) / _STATE_ITEM
+  saved = ocp.PyTreeCheckpointHandler().metadata(path).tree  # Shapes and dtypes, no data.
+  wanted = {k: saved[k] for k in ("params", "batch_stats", "ema_params")}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True))
+  params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
+  return {"params": params, "batch_stats": restored["batch_stats"] or {}}
+
+
+def load_for_inference(workdir: str, step: int | None = None,
+                       dtype: str | None = None) -> Loaded:
+  """Rebuilds a workdir's model and restores its weights from a checkpoint.
+
+  Args:
+    workdir: a training run's output directory (`config.json`, `checkpoints/`).
+    step: the checkpoint to load; None for the latest.
+    dtype: computation dtype ("float32", "bfloat16"); None keeps the run's `config.model.dtype`.
+
+  Returns:
+    A `Loaded` model.
+
+  Raises:
+    FileNotFoundError: when `workdir` has no `config.json` or no checkpoint.
+    ValueError: when `step` is not among the saved steps (the message lists them).
+  """
+  workdir = os.path.abspath(workdir)
+  config = read_config(workdir)
+  directory = os.path.join(workdir, "checkpoints")
+  step = _checkpoint_step(directory, step)
+  datasets.check_name(config.dataset.name)
+  # The builder's static info (classes, image shape) needs no prepared data.
+  builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  info = datasets.info(builder)
+  label = builder.info.features["label"]
+  names = tuple(label.names) if label.names else tuple(str(i) for i in range(info.num_classes))
+  model = models.get_model(config.model.name, num_classes=info.num_classes,
+                           dtype=jnp.dtype(dtype or config.model.dtype), **config.model.kwargs)
+  size, channels = config.input.image_size, builder.info.features["image"].shape[-1]
+  image_shape = info.image_shape if size is None else (size, size, channels)
+  return Loaded(model=model, variables=restore_variables(directory, step), config=config,
+                info=info, class_names=names, image_shape=tuple(image_shape), step=step)
+
+
+def resize(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """uint8 images (B, H, W, C) at the size evaluation feeds the model (`input.image_size`)."""
+  if config.input.image_size is None:
+    return images
+  return np.stack([transforms.resize_and_center_crop({"image": im}, config.input.image_size)
+                   ["image"] for im in images])
+
+
+def preprocess(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """uint8 images (B, H, W, C) as the model saw them in evaluation: resized, normalised.
+
+  Args:
+    images: (B, H, W, C) uint8 (channels as the dataset has them).
+    config: the run's config (`input.image_size`, `input.mean`, `input.std`).
+
+  Returns:
+    (B, H', W', C) float32.
+  """
+  images = resize(images, config)
+  mean = np.asarray(config.input.mean, np.float32)
+  std = np.asarray(config.input.std, np.float32)
+  return transforms.normalize({"image": images}, mean, std)["image"]
+
+
+def eval_examples(config: ml_collections.ConfigDict,
+                  indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Images and labels from the run's eval split, by index (prepares the dataset if needed).
+
+  Returns:
+    (B, H, W, C) uint8 images, before resizing, and (B,) int labels.
+  """
+  builder = datasets.get_builder(config.dataset)
+  source = datasets.open_split(builder, config.dataset.eval_split)
+  bad = [i for i in indices if not 0 <= i < len(source)]
+  if bad:
+    raise ValueError(f"Indices {bad} are outside the {config.dataset.eval_split!r} split "
+                     f"(0 to {len(source) - 1}).")
+  examples = [source[i] for i in indices]
+  return (np.stack([e["image"] for e in examples]),
+          np.array([int(e["label"]) for e in examples]))
+
+
+def read_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """An image file (PNG, JPEG, ...) as the model's input size and channels, (H, W, C) uint8.
+
+  The shorter side is resized to the model's size, then the centre is cropped.
+  """
+  h, w, c = image_shape
+  if h != w:
+    raise ValueError(f"Only square model inputs are supported, not {image_shape}.")
+  image = np.asarray(Image.open(path).convert("L" if c == 1 else "RGB"))
+  image = image[..., None] if c == 1 else image
+  return transforms.resize_and_center_crop({"image": image}, h)["image"]
