@@ -25,7 +25,7 @@ def _worker(args) -> dict:
   import numpy as np
   import optax
 
-  from vision_jax import models
+  from vision_jax import models, tasks
   from vision_jax.train import parallel, steps
   from vision_jax.train.state import create_train_state
 
@@ -36,8 +36,8 @@ def _worker(args) -> dict:
   shape = (args.image_size, args.image_size, 3)
   state = create_train_state(model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), shape,
                              mesh, use_ema=False)
-  compiled = steps.compile_steps(mesh, state, strategy=args.strategy, label_smoothing=0.0,
-                                 ema_decay=0.0, aux_loss_weight=0.3)
+  compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(),
+                                 strategy=args.strategy)
   train_state = compiled.to_train_layout(state)
   batch_size = args.per_device_batch * jax.device_count()
   rng = np.random.default_rng(0)

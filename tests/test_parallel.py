@@ -9,7 +9,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from vision_jax import models
+from vision_jax import models, tasks
 from vision_jax.train import loop, parallel, steps
 from vision_jax.train.state import create_train_state
 
@@ -40,8 +40,8 @@ def _train(model, strategy, *, fsdp=1, grad_accum_steps=1, num_steps=3, batch_si
   mesh = parallel.make_mesh(fsdp=fsdp)
   tx = optimizer or optax.sgd(0.05, momentum=0.9)
   state = create_train_state(model, tx, jax.random.key(0), (32, 32, 3), mesh, use_ema=True)
-  compiled = steps.compile_steps(mesh, state, strategy=strategy, label_smoothing=0.1,
-                                 ema_decay=0.9, aux_loss_weight=0.3,
+  compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.1, 0.3),
+                                 strategy=strategy, ema_decay=0.9,
                                  grad_accum_steps=grad_accum_steps)
   train_state = compiled.to_train_layout(state)
   for i in range(num_steps):

@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
-from vision_jax import models
+from vision_jax import models, tasks
 from vision_jax.train import checkpoint, loop, parallel, steps
 from vision_jax.train.state import create_train_state
 
@@ -84,8 +84,8 @@ def _batch(seed=0, batch_size=16):
 def test_train_and_eval_steps_compile_only_once():
   mesh = parallel.make_mesh()
   state = _state(mesh, "simple_cnn")
-  compiled = steps.compile_steps(mesh, state, label_smoothing=0.1, ema_decay=0.99,
-                                 aux_loss_weight=0.3)
+  compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.1, 0.3),
+                                 ema_decay=0.99)
   compiles = []
   def on_event(event, duration, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
@@ -109,8 +109,8 @@ def test_eight_devices_match_one_device():
     assert len(devices) in (1, 8)
     mesh = parallel.make_mesh(devices)
     state, batch = _state(mesh), _batch()
-    compiled = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.9,
-                                   aux_loss_weight=0.3)
+    compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.0, 0.3),
+                                   ema_decay=0.9)
     for _ in range(2):
       state, metrics = compiled.train(state, batch)
     results.append((float(metrics["loss"]), jax.device_get(state.params),
@@ -123,16 +123,18 @@ def test_eight_devices_match_one_device():
 
 @pytest.mark.parametrize("field, value, expected", [
     ("model.name", "resnet5", "resnet50"),
+    ("task", "detection", "classification"),
     ("optim.name", "adam", "adamw"),
     ("parallel.strategy", "tpu", "pmap"),
+    ("train.best_metric", "miou", "top5_accuracy"),
     ("parallel.fsdp", 3, "divisor of the device count (8)"),
     ("train.grad_accum_steps", 4, "grad_accum_steps (4)"),
     ("input.batch_size", 12, "device count (8)"),
 ])
 def test_bad_config_values_name_the_valid_choices(field, value, expected):
   c = tiny_config()
-  section, key = field.split(".")
-  c[section][key] = value
+  *section, key = field.split(".")
+  (c[section[0]] if section else c)[key] = value
   with pytest.raises(ValueError, match=r".*") as error:
     config_lib.validate(c, num_devices=8)
   assert str(value) in str(error.value) and expected in str(error.value)
@@ -187,8 +189,7 @@ def test_auxiliary_classifiers_are_trained_through_their_loss():
     state = create_train_state(_WithAuxHead(), optax.sgd(0.1), jax.random.key(0), (32, 32, 3),
                                mesh, use_ema=False)
     before = jax.device_get(state.params["aux1"]["kernel"])
-    compiled = steps.compile_steps(mesh, state, label_smoothing=0.0, ema_decay=0.0,
-                                   aux_loss_weight=weight)
+    compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.0, weight))
     state, metrics = compiled.train(state, _batch())
     moved[weight] = bool(np.any(jax.device_get(state.params["aux1"]["kernel"]) != before))
     assert np.isfinite(float(metrics["loss"]))

@@ -13,7 +13,6 @@ STRATEGIES = ("jit", "pmap")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
-BEST_METRICS = ("accuracy", "top5_accuracy", "loss")
 TRAIN_CROPS = ("pad", "random_resized")
 
 
@@ -21,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the full schema with defaults (a small CNN on the embedded shapes dataset)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.task = "classification"  # What is learnt (see vision_jax.tasks.TASKS).
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "synthetic_shapes/size32"  # Ours (see vision_jax.data.builders) or any TFDS name.
@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500  # Also evaluates at the end.
   c.train.checkpoint_every = 500  # Also saves at the end and on SIGTERM.
   c.train.keep_checkpoints = 2  # The last K, plus the best by best_metric.
-  c.train.best_metric = "accuracy"
+  c.train.best_metric = "accuracy"  # An eval metric of the task (e.g. accuracy, miou, loss).
   c.train.progress_bar = True
 
   c.parallel = ml_collections.ConfigDict()
@@ -101,13 +101,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   Raises:
     ValueError: for an unknown name or a batch size that does not divide over the devices.
   """
-  from vision_jax import models  # Imported here: the schema itself must stay import-light.
+  # Imported here: the schema itself must stay import-light.
+  from vision_jax import models, tasks
 
+  _check_choice("task", config.task, sorted(tasks.TASKS))
   _check_choice("model.name", config.model.name, sorted(models.MODELS))
   _check_choice("model.dtype", config.model.dtype, DTYPES)
   _check_choice("optim.name", config.optim.name, OPTIMIZERS)
   _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
-  _check_choice("train.best_metric", config.train.best_metric, BEST_METRICS)
+  _check_choice("train.best_metric", config.train.best_metric,
+                tasks.TASKS[config.task].metric_names)
   _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
   _check_choice("input.train_crop", config.input.train_crop, TRAIN_CROPS)
   if config.input.train_crop == "random_resized" and config.input.image_size is None:

@@ -21,7 +21,7 @@ from vision_jax.data import builders
 class DatasetInfo:
   """What the rest of the code needs to know about a dataset."""
   name: str
-  num_classes: int
+  num_classes: int | None  # Of the image-level `label`; None when the dataset has none.
   image_shape: tuple[int, ...] | None  # (H, W, C); None when images vary in size.
   split_sizes: dict[str, int]
 
@@ -80,9 +80,10 @@ def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
   """Summarises a prepared builder for model construction and step counting."""
   features = builder.info.features
   shape = features["image"].shape
+  label = features["label"] if "label" in features else None
   return DatasetInfo(
       name=builder.info.full_name,
-      num_classes=features["label"].num_classes,
+      num_classes=getattr(label, "num_classes", None),
       image_shape=tuple(shape) if None not in shape else None,
       split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vision_jax.data import transforms
 
-_KEYS = ("image", "label")
+_KEYS = ("image", "label")  # Classification; other tasks pass their own.
 
 
 def _center_crop(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> grain.MapDataset:
@@ -66,16 +66,18 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
-def train_stream(config: ml_collections.ConfigDict, source, seed: int) -> grain.MapDataset:
+def train_stream(config: ml_collections.ConfigDict, source, seed: int,
+                 keys: tuple[str, ...] = _KEYS) -> grain.MapDataset:
   """The global, endless, shuffled and augmented stream of single examples (all processes).
 
   Args:
     config: the `input` config section.
     source: a random-access data source (e.g. from `datasets.open_split`).
     seed: shuffling and augmentation seed.
+    keys: the features to keep (the task's).
   """
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds.map(transforms.MapFn(transforms.select, {"keys": _KEYS}))
+  ds = ds.map(transforms.MapFn(transforms.select, {"keys": keys}))
   if config.train_crop == "random_resized":
     ds = ds.random_map(transforms.RandomMapFn(
         transforms.random_resized_crop,
@@ -90,8 +92,8 @@ def train_stream(config: ml_collections.ConfigDict, source, seed: int) -> grain.
       seed=seed + 1)
 
 
-def train_batches(config: ml_collections.ConfigDict, source, seed: int,
-                  start_step: int = 0) -> Iterator[dict]:
+def train_batches(config: ml_collections.ConfigDict, source, seed: int, start_step: int = 0,
+                  keys: tuple[str, ...] = _KEYS) -> Iterator[dict]:
   """This process's share of every global training batch from step `start_step` on.
 
   Args:
@@ -99,12 +101,14 @@ def train_batches(config: ml_collections.ConfigDict, source, seed: int,
     source: a random-access data source (e.g. from `datasets.open_split`).
     seed: shuffling and augmentation seed.
     start_step: the first global batch to yield (the step a run resumes at).
+    keys: the features to keep (the task's).
 
   Returns:
-    An endless iterator of numpy batches: `image` (B / P, H, W, C) float32, `label` (B / P,).
+    An endless iterator of numpy batches: `image` (B / P, H, W, C) float32, `label` (B / P,)
+    (or the task's other `keys`).
   """
   padding = config.crop_padding if config.train_crop == "pad" else 0
-  ds = _this_process(train_stream(config, source, seed), start_step * config.batch_size)
+  ds = _this_process(train_stream(config, source, seed, keys), start_step * config.batch_size)
   ds = ds.batch(local_batch_size(config.batch_size), drop_remainder=True)
   ds = ds.map(transforms.MapFn(transforms.apply_crop_and_flip, {"padding": padding}))
   return _iterate(config, ds.map(_normalize(config)))
@@ -112,14 +116,15 @@ def train_batches(config: ml_collections.ConfigDict, source, seed: int,
 
 def _pad(batch: dict, size: int) -> dict:
   """Pads every array to `size` rows and adds `weight` (1 real, 0 padding)."""
-  n = len(batch["label"])
+  n = len(batch["image"])
   out = {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)])
          for k, v in batch.items()}
   out["weight"] = (np.arange(size) < n).astype(np.float32)
   return out
 
 
-def eval_batches(config: ml_collections.ConfigDict, source) -> Iterator[dict]:
+def eval_batches(config: ml_collections.ConfigDict, source,
+                 keys: tuple[str, ...] = _KEYS) -> Iterator[dict]:
   """One ordered pass over this process's share in padded batches with a `weight` field.
 
   Every process yields the same number of batches (the largest share's count), padding with
@@ -127,7 +132,7 @@ def eval_batches(config: ml_collections.ConfigDict, source) -> Iterator[dict]:
   """
   size = local_batch_size(config.eval_batch_size)
   ds = _this_process(grain.MapDataset.source(source))
-  ds = _center_crop(config, ds.map(transforms.MapFn(transforms.select, {"keys": _KEYS})))
+  ds = _center_crop(config, ds.map(transforms.MapFn(transforms.select, {"keys": keys})))
   ds = ds.batch(size).map(_normalize(config))
   num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
   template = None

@@ -21,14 +21,17 @@ class Checkpointer:
     directory: where step directories go (absolute path).
     keep: how many of the most recent checkpoints to keep.
     best_metric: eval metric name that ranks checkpoints; the best one is kept too.
+    lower_is_better: whether a lower `best_metric` is better; None: only for `loss`.
   """
 
-  def __init__(self, directory: str, *, keep: int, best_metric: str):
+  def __init__(self, directory: str, *, keep: int, best_metric: str,
+               lower_is_better: bool | None = None):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(keep),
         checkpoint_managers.BestN(
             get_metric_fn=lambda metrics: metrics[best_metric],
-            reverse=best_metric in _LOWER_IS_BETTER, n=1,
+            reverse=(best_metric in _LOWER_IS_BETTER if lower_is_better is None
+                     else lower_is_better), n=1,
             keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,

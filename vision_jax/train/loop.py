@@ -1,4 +1,4 @@
-"""The classification training loop: data → compiled steps → metrics, checkpoints, plots.
+"""The training loop of every task: data → compiled steps → metrics, checkpoints, plots.
 
 A workdir that holds a checkpoint resumes from it (the state; the data position follows from the
 step), so rerunning the same command after a crash, a SIGKILL or a preemption continues exactly
@@ -19,7 +19,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from vision_jax import config as config_lib
-from vision_jax import models
+from vision_jax import tasks
 from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import classification
 from vision_jax.train import checkpoint, metric_writer, optim, parallel, steps
@@ -69,20 +69,22 @@ def _mean_metrics(pending: list[dict]) -> dict:
   return means
 
 
-def evaluate(eval_step, state, config: ml_collections.ConfigDict, source) -> dict:
-  """One full pass over `source`; returns top-1/top-5 accuracy and error and the mean loss.
+def evaluate(eval_step, state, config: ml_collections.ConfigDict, source,
+             task: tasks.Task) -> dict:
+  """One full pass over `source`; returns the task's eval metrics.
 
   Args:
     eval_step: `(state, local_batch) -> sums` (`CompiledSteps.evaluate`).
     state: the global train state.
     config: the experiment config.
     source: the eval split.
+    task: turns the summed batches into metrics.
   """
   totals = None
-  for batch in pipeline.eval_batches(config.input, source):
+  for batch in pipeline.eval_batches(config.input, source, keys=task.keys):
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return classification.finalize(totals)
+  return task.finalize(jax.device_get(totals))
 
 
 def _total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -100,7 +102,7 @@ def _drop_records_after(path: str, step: int) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains and evaluates a classifier as `config` says, writing everything into `workdir`.
+  """Trains and evaluates a model as `config` says, writing everything into `workdir`.
 
   Args:
     config: an experiment config (see `vision_jax.config.base_config`).
@@ -113,6 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config, num_devices=jax.device_count())
+  task = tasks.get_task(config)
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -121,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   builder = datasets.get_builder(config.dataset)
   info = datasets.info(builder)
   train_source, eval_source = (
-      datasets.open_split(builder, split, in_memory=config.dataset.in_memory)
+      datasets.open_split(builder, split, keys=task.keys, in_memory=config.dataset.in_memory)
       for split in (config.dataset.train_split, config.dataset.eval_split))
   channels = builder.info.features["image"].shape[-1]
   size = config.input.image_size
@@ -131,22 +134,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      "config.input.image_size.")
   total_steps = _total_steps(config, len(train_source))
 
-  model = models.get_model(config.model.name, num_classes=info.num_classes,
-                           dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+  model = task.build_model(config, builder)
   if config.parallel.strategy == "pmap" and hasattr(model, "bn_axis_name"):
     model = model.clone(bn_axis_name=parallel.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
   tx = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
   state = create_train_state(model, tx, jax.random.key(config.seed), image_shape, mesh,
-                             use_ema=config.train.ema_decay > 0)
+                             use_ema=config.train.ema_decay > 0,
+                             init_inputs=task.init_inputs(image_shape))
   compiled = steps.compile_steps(
-      mesh, state, strategy=config.parallel.strategy,
-      label_smoothing=config.train.label_smoothing, ema_decay=config.train.ema_decay,
-      aux_loss_weight=config.train.aux_loss_weight,
+      mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
       grad_accum_steps=config.train.grad_accum_steps)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 keep=config.train.keep_checkpoints,
-                                 best_metric=config.train.best_metric)
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+      best_metric=config.train.best_metric,
+      lower_is_better=config.train.best_metric in task.lower_is_better)
   writer_path = os.path.join(workdir, "metrics.jsonl")
   if (latest := ckpt.latest_step()) is not None:
     state = ckpt.restore(latest, _abstract(state))
@@ -160,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   step = int(state.step)
   train_iter = pipeline.train_batches(config.input, train_source, seed=config.seed,
-                                      start_step=step)
+                                      start_step=step, keys=task.keys)
   train_state = compiled.to_train_layout(state)
   del state  # Donated to the first step under jit; pmap holds its own copy.
   is_main = jax.process_index() == 0
@@ -191,12 +193,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           img_s=f"{train_metrics['images_per_sec']:.0f}")
         bar.update(1)
         if do_eval:
-          eval_metrics = evaluate(compiled.evaluate, compiled.to_global(train_state), config,
-                                  eval_source)
+          global_state = compiled.to_global(train_state)
+          eval_metrics = evaluate(compiled.evaluate, global_state, config, eval_source, task)
           writer.write(step, "eval", eval_metrics)
           if is_main:
-            bar.write(f"step {step}: eval accuracy {eval_metrics['accuracy']:.4f} (top-5 "
-                      f"{eval_metrics['top5_accuracy']:.4f}), loss {eval_metrics['loss']:.4f}")
+            bar.write(f"step {step}: eval {task.summary(eval_metrics)}")
+            task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
+                         eval_source, workdir, step)
+          del global_state
         if do_save:
           ckpt.save(step, compiled.to_global(train_state),
                     metrics=eval_metrics if do_eval else None)
@@ -209,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   if is_main and not preempted:
-    _report(workdir, writer_path, config)
+    _report(workdir, writer_path, config, task.curve_metric)
   return {**eval_metrics, "step": step, "preempted": preempted}
 
 
@@ -219,11 +223,13 @@ def _abstract(state):
                       state)
 
 
-def _report(workdir: str, metrics_path: str, config: ml_collections.ConfigDict) -> None:
+def _report(workdir: str, metrics_path: str, config: ml_collections.ConfigDict,
+            curve_metric: str) -> None:
   """Plots the curves and tells the user where everything is."""
   plot = curves.plot_training_curves(metric_writer.read_jsonl(metrics_path),
                                      os.path.join(workdir, "curves.png"),
-                                     title=f"{config.model.name} on {config.dataset.name}")
+                                     title=f"{config.model.name} on {config.dataset.name}",
+                                     metrics=("loss", curve_metric))
   print(f"Done. Workdir: {workdir}\n"
         f"  metrics:     {metrics_path}\n"
         f"  tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"

@@ -52,7 +52,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                        image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-                       use_ema: bool) -> TrainState:
+                       use_ema: bool, init_inputs: tuple | None = None) -> TrainState:
   """Initialises the state directly on the devices, as `parallel.state_shardings` lays it out.
 
   Shapes come from `jax.eval_shape` first, so the state is allocated once, in place, by a jitted
@@ -65,10 +65,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     image_shape: (H, W, C) of one input image.
     mesh: the device mesh.
     use_ema: keep an exponential moving average of the weights.
+    init_inputs: example inputs `model.init` is traced with; default one zero image.
   """
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
-    variables = model.init(init_rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
+    variables = model.init(init_rng, *inputs, train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,

@@ -1,4 +1,4 @@
-"""Pure classification train and eval steps, and their compilation for each strategy.
+"""Pure train and eval steps of any task, and their compilation for each strategy.
 
 `train_step(state, batch) -> (state, metrics)` is one function for both strategies: under
 `jit` it sees the global batch and XLA inserts the collectives; under `pmap` it sees one
@@ -14,34 +14,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vision_jax.evaluate import classification
+from vision_jax import tasks
 from vision_jax.train import parallel
 from vision_jax.train.state import TrainState
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:
-  """Per-example softmax cross-entropy with optional label smoothing. logits: (B, K)."""
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)  # (B,)
-
-
-def _gradients(state: TrainState, batch_stats, batch: dict, rng: jax.Array,
-               label_smoothing: float, aux_loss_weight: float):
+def _gradients(state: TrainState, batch_stats, batch: dict, rng: jax.Array, task: tasks.Task):
   """Gradients, new BatchNorm statistics and metrics of one (micro-)batch."""
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": batch_stats}
-    (logits, features), updates = state.apply_fn(
-        variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng})
-    loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-    aux_losses = [cross_entropy(features[k], batch["label"], label_smoothing).mean()
-                  for k in sorted(features) if k.startswith("aux")]
-    total = loss + aux_loss_weight * sum(aux_losses)
-    return total, (loss, logits, updates.get("batch_stats", {}))
+    outputs, updates = state.apply_fn(
+        variables, *task.model_inputs(batch), train=True, mutable=["batch_stats"],
+        rngs={"dropout": rng})
+    total, metrics = task.loss(outputs, batch)
+    return total, (metrics, updates.get("batch_stats", {}))
 
-  (_, (loss, logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+  (_, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return grads, new_stats, metrics
 
 
@@ -55,34 +44,30 @@ def _micro_batches(batch: dict, steps: int) -> dict:
       lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def train_step(state: TrainState, batch: dict, *, label_smoothing: float, ema_decay: float,
-               aux_loss_weight: float, grad_accum_steps: int = 1,
+def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: float,
+               grad_accum_steps: int = 1,
                axis_name: str | None = None) -> tuple[TrainState, dict]:
   """One optimiser step on a batch.
 
   Args:
     state: the train state.
-    batch: `image` (B, H, W, C) float32 and `label` (B,) int: the global batch under `jit`, one
-      device's share under `pmap`.
-    label_smoothing: mass spread uniformly over all classes.
+    batch: the task's features, e.g. `image` (B, H, W, C) float32 and `label` (B,) int: the
+      global batch under `jit`, one device's share under `pmap`.
+    task: the loss and its metrics (`Task.loss`).
     ema_decay: decay of the weight EMA (ignored when the state keeps none).
-    aux_loss_weight: weight of each auxiliary classifier's loss (features `aux*`, e.g.
-      GoogLeNet's two heads in training); the total is what gets minimised.
     grad_accum_steps: micro-batches the batch is split into; their gradients are averaged, so
       the update equals the whole batch's (BatchNorm sees micro-batches, as on smaller devices).
     axis_name: pmap's device axis, over which gradients, statistics and metrics are averaged;
       None under `jit`.
 
   Returns:
-    The new state and this step's metrics, scalar means over the batch: `loss` (of the main
-    classifier), `accuracy` (top-1, on the augmented batch) and the gradient's global norm
-    `grad_norm`.
+    The new state and this step's metrics, scalar means over the batch: the task's (e.g.
+    `loss`, `accuracy` on the augmented batch) and the gradient's global norm `grad_norm`.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # Different dropout masks on different devices.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  grad_fn = functools.partial(_gradients, state, label_smoothing=label_smoothing,
-                              aux_loss_weight=aux_loss_weight)
+  grad_fn = functools.partial(_gradients, state, task=task)
   if grad_accum_steps == 1:
     grads, batch_stats, metrics = grad_fn(state.batch_stats, batch, rng)
   else:
@@ -104,11 +89,10 @@ def train_step(state: TrainState, batch: dict, *, label_smoothing: float, ema_de
   return state.apply_gradients(grads, batch_stats, ema_decay), metrics
 
 
-def eval_step(state: TrainState, batch: dict) -> dict:
-  """Sums of loss and top-1/top-5 hits over a padded batch (`weight` 0 marks padding)."""
-  logits, _ = state.apply_fn(state.eval_variables(), batch["image"], train=False)
-  loss = cross_entropy(logits, batch["label"], 0.0)
-  return classification.weighted_sums(logits, batch["label"], loss, batch["weight"])
+def eval_step(state: TrainState, batch: dict, *, task: tasks.Task) -> dict:
+  """The task's metric sums over a padded batch (`weight` 0 marks padding)."""
+  outputs = state.apply_fn(state.eval_variables(), *task.model_inputs(batch), train=False)
+  return task.eval_sums(outputs, batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,8 +112,8 @@ class CompiledSteps:
   to_global: Callable
 
 
-def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, strategy: str = "jit",
-                  label_smoothing: float, ema_decay: float, aux_loss_weight: float,
+def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, *,
+                  strategy: str = "jit", ema_decay: float = 0.0,
                   grad_accum_steps: int = 1) -> CompiledSteps:
   """Compiles both steps for `strategy` ("jit" or "pmap") over `mesh`.
 
@@ -140,9 +124,9 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, *, strategy: str =
   state_sharding = parallel.state_shardings(mesh, state)
   batch_sharding = parallel.data_sharding(mesh)
   scalar = parallel.replicated(mesh)
-  step = functools.partial(train_step, label_smoothing=label_smoothing, ema_decay=ema_decay,
-                           aux_loss_weight=aux_loss_weight, grad_accum_steps=grad_accum_steps)
-  evaluate = jax.jit(eval_step, in_shardings=(state_sharding, batch_sharding),
+  step = functools.partial(train_step, task=task, ema_decay=ema_decay,
+                           grad_accum_steps=grad_accum_steps)
+  evaluate = jax.jit(functools.partial(eval_step, task=task), in_shardings=(state_sharding, batch_sharding),
                      out_shardings=scalar)
 
   def eval_local(global_state, local_batch):

@@ -1,4 +1,4 @@
-"""Training curves (loss and accuracy against step) as a PNG, from `metrics.jsonl` records."""
+"""Training curves (loss and a task metric against step) as a PNG, from `metrics.jsonl` records."""
 
 import matplotlib
 
@@ -6,19 +6,21 @@ matplotlib.use("Agg")  # Files only; never needs a display.
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curves(records: list[dict], path: str, title: str = "") -> str:
-  """Plots train/eval loss and accuracy side by side and saves them to `path`.
+def plot_training_curves(records: list[dict], path: str, title: str = "",
+                         metrics: tuple[str, str] = ("loss", "accuracy")) -> str:
+  """Plots two metrics (train and eval) side by side and saves them to `path`.
 
   Args:
     records: dicts with `step`, `split` ("train"/"eval") and metric values.
     path: output PNG file.
     title: figure title (e.g. the experiment name).
+    metrics: the two record keys to plot.
 
   Returns:
     `path`.
   """
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, metric in zip(axes, ("loss", "accuracy")):
+  for ax, metric in zip(axes, metrics):
     for split, style in (("train", "-"), ("eval", "o-")):
       points = [(r["step"], r[metric]) for r in records if r["split"] == split and metric in r]
       if points:

@@ -1,0 +1,25 @@
+"""Tasks: what each kind of problem adds to the shared training loop (see `tasks.base`)."""
+
+import ml_collections
+
+from vision_jax.tasks.base import Task
+from vision_jax.tasks.classification import ClassificationTask
+
+# `config.task` → class with `from_config(config)`. Add new tasks here.
+TASKS = {
+    "classification": ClassificationTask,
+}
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+  """The task `config.task` names, with its settings from the config.
+
+  Raises:
+    ValueError: for an unknown task name.
+  """
+  if config.task not in TASKS:
+    raise ValueError(f"config.task={config.task!r} is not valid; valid choices: {sorted(TASKS)}")
+  return TASKS[config.task].from_config(config)
+
+
+__all__ = ["TASKS", "ClassificationTask", "Task", "get_task"]

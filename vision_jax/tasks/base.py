@@ -1,0 +1,64 @@
+"""What a kind of problem (classification, segmentation, ...) adds to the shared training loop.
+
+The loop (data, compiled steps over devices, checkpoints, resume, preemption, logging) is the
+same for every task; a `Task` says which features a batch holds, how to build the model, the
+training loss, and the evaluation metrics. Evaluation sums are added over batches, devices and
+processes and turned into metrics once, so they are exact whatever the topology.
+"""
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """Base class: classification-shaped defaults that tasks override where they differ.
+
+  Subclasses are frozen dataclasses (hashable: they are static arguments of compiled steps).
+  """
+  # Features of an example that batches carry (geometric transforms move `image` and `mask`).
+  keys: ClassVar[tuple[str, ...]] = ("image", "label")
+  # Eval metrics a checkpoint may be ranked by (`train.best_metric`), and which are better low.
+  metric_names: ClassVar[tuple[str, ...]] = ("loss",)
+  lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)
+  # The eval metric plotted next to the loss in `curves.png`.
+  curve_metric: ClassVar[str] = "loss"
+
+  def build_model(self, config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder) -> nn.Module:
+    """The model for `config.model`, sized for the dataset."""
+    raise NotImplementedError
+
+  def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
+    """Example inputs (batch of 1) that `model.init` is traced with."""
+    return (jnp.zeros((1, *image_shape), jnp.float32),)
+
+  def model_inputs(self, batch: dict) -> tuple:
+    """The positional inputs of `model.apply` from a batch."""
+    return (batch["image"],)
+
+  def loss(self, outputs: Any, batch: dict) -> tuple[jax.Array, dict]:
+    """`(total loss to minimise, metrics)`; metrics are scalar means and include `loss`."""
+    raise NotImplementedError
+
+  def eval_sums(self, outputs: Any, batch: dict) -> dict:
+    """Per-batch sums (padding has `batch["weight"]` 0), added up over the eval set."""
+    raise NotImplementedError
+
+  def finalize(self, sums: dict) -> dict:
+    """The reported eval metrics from the accumulated sums (host values)."""
+    raise NotImplementedError
+
+  def summary(self, metrics: dict) -> str:
+    """One line for the console after an eval."""
+    return f"loss {metrics['loss']:.4f}"
+
+  def on_eval(self, apply_fn, variables: dict, config: ml_collections.ConfigDict, eval_source,
+              workdir: str, step: int) -> None:
+    """Called on process 0 after each eval (e.g. to draw predictions); nothing by default."""
