@@ -3,6 +3,12 @@ import os
 # Eight fake CPU devices, so that multi-device code paths run in tests. XLA reads this flag once,
 # when jax initialises its backend, hence it is set here before any test module imports jax.
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+# One XLA compilation cache for the whole run, shared with the subprocesses that tests start:
+# many tests compile the same train steps, and on 2 CPU cores compiling is most of their time.
+# Set through the environment so that `python -m vision_jax.main` children use it too.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"vision_jax_test_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 import pytest  # noqa: E402  (after XLA_FLAGS, on purpose)

@@ -1,0 +1,1 @@
+"""Text handling for captioning: word-level vocabulary and tokenisation."""
