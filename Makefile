@@ -10,12 +10,12 @@ WORKDIR ?= runs/shapes_cnn
 
 install: $(STAMP)
 
-# requirements-torch.txt: torch/torchvision, only for the torchvision weight converter's tests.
-$(STAMP): requirements.txt requirements-torch.txt pyproject.toml
+# requirements-test.txt: test-only extras (torch/torchvision, pycocoevalcap).
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet -r requirements-torch.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -7,7 +7,7 @@ batch and then perturbed (so that a swapped mean/var or a missed layer shows), a
 rescaled so that logits have unit spread (atol 1e-4 is then a relative bound). Inputs are small,
 non-square and mostly odd, to exercise PyTorch's pooling sizes and adaptive-pooling bins.
 
-Needs torch and torchvision (requirements-torch.txt); skipped where they are absent.
+Needs torch and torchvision (requirements-test.txt); skipped where they are absent.
 """
 
 import os

@@ -13,7 +13,8 @@ STRATEGIES = ("jit", "pmap")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
-TRAIN_CROPS = ("pad", "random_resized")
+TRAIN_CROPS = ("pad", "random_resized", "random_scale")
+FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.models.fcn.VARIANTS (not imported).
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,10 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.eval_batch_size = 256
   c.input.image_size = ml_collections.FieldReference(None, field_type=int)  # None: keep size.
   c.input.train_crop = "pad"  # "pad": pad + random crop (small images); "random_resized": the
-  # Inception/ImageNet crop (random area and aspect ratio, resized to image_size).
+  # Inception/ImageNet crop (random area and aspect ratio, resized to image_size);
+  # "random_scale": random zoom in and out, then a random crop (segmentation).
   c.input.crop_padding = 4  # "pad" only: zero padding before the random crop; 0 disables.
   c.input.crop_scale = (0.08, 1.0)  # "random_resized" only: range of the crop's area fraction.
   c.input.crop_ratio = (3 / 4, 4 / 3)  # "random_resized" only: range of its aspect ratio.
+  c.input.scale_range = (0.5, 2.0)  # "random_scale" only: the shorter side becomes image_size
+  # times a factor log-uniform in this range, then a random image_size crop (padded if smaller).
   c.input.center_crop_fraction = 1.0  # Eval (and "pad" training) resize the shorter side to
   # image_size / fraction, then centre-crop image_size (0.875: ImageNet's 256 → 224).
   c.input.random_flip = True  # Horizontal flips in training.
@@ -80,6 +84,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.best_metric = "accuracy"  # An eval metric of the task (e.g. accuracy, miou, loss).
   c.train.progress_bar = True
 
+  c.captioning = ml_collections.ConfigDict()  # task "captioning" only.
+  c.captioning.caption_key = "caption"  # The dataset's caption feature.
+  c.captioning.min_count = 1  # Rarer training words become <unk>.
+  c.captioning.max_length = 20  # Tokens per caption, <bos> and <eos> included.
+  c.captioning.attention_penalty = 1.0  # Show-Attend-and-Tell's regulariser weight.
+  c.captioning.beam_size = 3  # Beam search in eval, beside greedy; 1 skips it.
+  c.captioning.length_penalty = 0.0  # GNMT alpha of beam search.
+  c.captioning.eval_examples = ml_collections.FieldReference(None, field_type=int)  # None: all.
+  c.captioning.num_pictures = 6  # Eval images drawn with captions and attention.
+
+  # task="segmentation" only. The model is an FCN over the backbone model.name (its fields in
+  # model.kwargs); see vision_jax.models.fcn.
+  c.segmentation = ml_collections.ConfigDict()
+  c.segmentation.variant = "8s"  # FCN-32s, -16s, -8s: skips from the stride-16/8 stages;
+  # "4s" adds one from the stride-4 stage (small images).
+  c.segmentation.head_width = 0  # fc6/fc7 as convolutions on the stride-32 map (paper: 4096).
+  c.segmentation.head_kernel = 7  # fc6's kernel (paper: 7).
+  c.segmentation.dropout_rate = 0.5  # After fc6 and fc7, in training.
+  c.segmentation.learn_final_upsample = False  # The paper fixes it to bilinear.
+  c.segmentation.class_names = (  # One per class; their number is the model's output width.
+      "background", "circle", "square", "triangle", "cross", "diamond", "ring")
+  c.segmentation.mask_key = "mask"  # The dataset feature holding the masks.
+  c.segmentation.label_map = ()  # Raw mask value v → class label_map[v] (< 0: ignore); values
+  # past its end are ignored. (): value v is class v, values >= len(class_names) are ignored.
+  c.segmentation.ignore_label = 255  # Raw mask value never counted (loss or metrics).
+  c.segmentation.class_weights = ()  # Loss weight per class; (): every pixel weighs 1.
+  c.segmentation.num_pictures = 4  # Eval images drawn to workdir/segmentation/ after each eval.
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "jit"  # "jit": one Mesh, XLA partitions; "pmap": replicated + pmean.
   c.parallel.fsdp = 1  # jit only: devices per parameter-sharding group (FSDP); 1 = replicate.
@@ -116,6 +148,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if config.input.train_crop == "random_resized" and config.input.image_size is None:
     raise ValueError('config.input.train_crop="random_resized" needs config.input.image_size '
                      "(the crop's output size, e.g. 224).")
+  if config.input.train_crop == "random_scale" and config.input.image_size is None:
+    raise ValueError('config.input.train_crop="random_scale" needs config.input.image_size '
+                     "(the crop's output size, e.g. 64).")
+  low, high = config.input.scale_range
+  if not 0 < low <= high:
+    raise ValueError(f"config.input.scale_range={config.input.scale_range} must be (low, high) "
+                     "with 0 < low <= high.")
+  if config.task == "segmentation":
+    _validate_segmentation(config.segmentation)
   if not 0 < config.input.center_crop_fraction <= 1:
     raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
                      "must be in (0, 1].")
@@ -143,3 +184,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   if len(config.input.mean) != len(config.input.std):
     raise ValueError(f"config.input.mean {config.input.mean} and std {config.input.std} differ "
                      "in length.")
+
+
+
+def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
+  """Checks the `segmentation` section (see `validate`)."""
+  _check_choice("segmentation.variant", s.variant, FCN_VARIANTS)
+  num_classes = len(s.class_names)
+  if num_classes < 2:
+    raise ValueError(f"config.segmentation.class_names={s.class_names} must name at least 2 "
+                     "classes (e.g. background and object).")
+  if s.class_weights and (len(s.class_weights) != num_classes or min(s.class_weights) < 0):
+    raise ValueError(f"config.segmentation.class_weights={s.class_weights} must hold one "
+                     f"non-negative weight per class ({num_classes}), or be () for none.")
+  if s.label_map and max(s.label_map) >= num_classes:
+    raise ValueError(f"config.segmentation.label_map={s.label_map} maps to class "
+                     f"{max(s.label_map)}, but class_names has only {num_classes} classes.")
+  if s.head_width < 0 or s.head_kernel < 1 or s.num_pictures < 0:
+    raise ValueError("config.segmentation.head_width and num_pictures must be >= 0 and "
+                     f"head_kernel >= 1; got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")

@@ -6,6 +6,7 @@ step that needs TensorFlow) → `tfds.data_source`, a random-access source of nu
 grain reads without TensorFlow.
 """
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 
 import jax
@@ -88,21 +89,54 @@ def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
       split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
 
 
-def open_split(builder: tfds.core.DatasetBuilder, split: str, keys=("image", "label"),
+def open_split(builder: tfds.core.DatasetBuilder, split: str,
+               keys: Sequence[str] | Mapping[str, str] = ("image", "label"),
                in_memory: bool = False):
   """Returns a random-access source of numpy dicts for `split` (no TensorFlow needed).
 
   Args:
     builder: a prepared builder.
     split: split name; TFDS names the valid ones if it is unknown.
-    keys: the top-level features the task uses; other images (e.g. masks) are not decoded.
+    keys: the top-level features the task uses; other images (e.g. masks) are not decoded. A
+      mapping {key: feature} renames: examples then hold `key`, read from `feature`.
     in_memory: decode the whole split once into numpy arrays (for datasets that fit in RAM:
       decoding then costs nothing per epoch).
   """
+  rename = dict(keys) if isinstance(keys, Mapping) else {}
+  features = set(rename.values()) if rename else set(keys)
   decoders = {k: tfds.decode.SkipDecoding() for k, feature in builder.info.features.items()
-              if k not in keys and isinstance(feature, tfds.features.Image)}
+              if k not in features and isinstance(feature, tfds.features.Image)}
   source = builder.as_data_source(split=split, decoders=decoders or None)
+  if any(key != feature for key, feature in rename.items()):
+    source = RenamedSource(source, rename)
+  keys = list(rename) if rename else keys
   return InMemorySource(source, keys) if in_memory else source
+
+
+class RenamedSource:
+  """A source whose examples hold `key` for each `{key: feature}` of `rename` (nothing else).
+
+  Args:
+    source: a random-access source of example dicts.
+    rename: batch key → the source's feature name.
+  """
+
+  def __init__(self, source, rename: Mapping[str, str]):
+    self._source, self._rename = source, dict(rename)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self._source[index]
+    return {key: example[feature] for key, feature in self._rename.items()}
+
+  def __getitems__(self, indices) -> list[dict]:
+    return [{key: ex[feature] for key, feature in self._rename.items()}
+            for ex in self._source.__getitems__(indices)]
+
+  def __repr__(self) -> str:  # Stable across runs: grain stores it in the iterator state.
+    return f"RenamedSource({self._source!r}, {self._rename})"
 
 
 class InMemorySource:

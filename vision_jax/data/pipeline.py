@@ -66,8 +66,17 @@ def local_batch_size(global_batch_size: int) -> int:
   return global_batch_size // jax.process_count()
 
 
+def _identity(example: dict) -> dict:
+  return example
+
+
+def _select(ds: grain.MapDataset, keys: tuple[str, ...], example_fn) -> grain.MapDataset:
+  ds = ds.map(transforms.MapFn(transforms.select, {"keys": keys}))
+  return ds if example_fn is _identity else ds.map(transforms.MapFn(example_fn))
+
+
 def train_stream(config: ml_collections.ConfigDict, source, seed: int,
-                 keys: tuple[str, ...] = _KEYS) -> grain.MapDataset:
+                 keys: tuple[str, ...] = _KEYS, example_fn=_identity) -> grain.MapDataset:
   """The global, endless, shuffled and augmented stream of single examples (all processes).
 
   Args:
@@ -75,14 +84,19 @@ def train_stream(config: ml_collections.ConfigDict, source, seed: int,
     source: a random-access data source (e.g. from `datasets.open_split`).
     seed: shuffling and augmentation seed.
     keys: the features to keep (the task's).
+    example_fn: the task's per-example preprocessing, after selecting `keys`.
   """
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-  ds = ds.map(transforms.MapFn(transforms.select, {"keys": keys}))
+  ds = _select(ds, keys, example_fn)
   if config.train_crop == "random_resized":
     ds = ds.random_map(transforms.RandomMapFn(
         transforms.random_resized_crop,
         {"size": config.image_size, "scale": tuple(config.crop_scale),
          "ratio": tuple(config.crop_ratio)}), seed=seed)
+  elif config.train_crop == "random_scale":
+    ds = ds.random_map(transforms.RandomMapFn(
+        transforms.random_scale_crop,
+        {"size": config.image_size, "scale_range": tuple(config.scale_range)}), seed=seed)
   else:
     ds = _center_crop(config, ds)
   padding = config.crop_padding if config.train_crop == "pad" else 0
@@ -93,7 +107,7 @@ def train_stream(config: ml_collections.ConfigDict, source, seed: int,
 
 
 def train_batches(config: ml_collections.ConfigDict, source, seed: int, start_step: int = 0,
-                  keys: tuple[str, ...] = _KEYS) -> Iterator[dict]:
+                  keys: tuple[str, ...] = _KEYS, example_fn=_identity) -> Iterator[dict]:
   """This process's share of every global training batch from step `start_step` on.
 
   Args:
@@ -102,13 +116,15 @@ def train_batches(config: ml_collections.ConfigDict, source, seed: int, start_st
     seed: shuffling and augmentation seed.
     start_step: the first global batch to yield (the step a run resumes at).
     keys: the features to keep (the task's).
+    example_fn: the task's per-example preprocessing, after selecting `keys`.
 
   Returns:
     An endless iterator of numpy batches: `image` (B / P, H, W, C) float32, `label` (B / P,)
     (or the task's other `keys`).
   """
   padding = config.crop_padding if config.train_crop == "pad" else 0
-  ds = _this_process(train_stream(config, source, seed, keys), start_step * config.batch_size)
+  ds = _this_process(train_stream(config, source, seed, keys, example_fn),
+                     start_step * config.batch_size)
   ds = ds.batch(local_batch_size(config.batch_size), drop_remainder=True)
   ds = ds.map(transforms.MapFn(transforms.apply_crop_and_flip, {"padding": padding}))
   return _iterate(config, ds.map(_normalize(config)))
@@ -123,18 +139,26 @@ def _pad(batch: dict, size: int) -> dict:
   return out
 
 
-def eval_batches(config: ml_collections.ConfigDict, source,
-                 keys: tuple[str, ...] = _KEYS) -> Iterator[dict]:
+def eval_batches(config: ml_collections.ConfigDict, source, keys: tuple[str, ...] = _KEYS,
+                 example_fn=_identity, shard: bool = True) -> Iterator[dict]:
   """One ordered pass over this process's share in padded batches with a `weight` field.
 
   Every process yields the same number of batches (the largest share's count), padding with
   empty batches where its share is shorter, so collective eval steps never wait forever.
+
+  Args:
+    config: the `input` config section.
+    source: the eval split.
+    keys: the features to keep (the task's).
+    example_fn: the task's per-example preprocessing, after selecting `keys`.
+    shard: False gives every process the whole split, in order, in global-size batches.
   """
-  size = local_batch_size(config.eval_batch_size)
-  ds = _this_process(grain.MapDataset.source(source))
-  ds = _center_crop(config, ds.map(transforms.MapFn(transforms.select, {"keys": keys})))
+  processes = jax.process_count() if shard else 1
+  size = config.eval_batch_size // processes
+  ds = grain.MapDataset.source(source)
+  ds = _center_crop(config, _select(_this_process(ds) if shard else ds, keys, example_fn))
   ds = ds.batch(size).map(_normalize(config))
-  num_batches = math.ceil(math.ceil(len(source) / jax.process_count()) / size)
+  num_batches = math.ceil(math.ceil(len(source) / processes) / size)
   template = None
   for batch in _iterate(config, ds):
     template = batch
@@ -143,3 +167,19 @@ def eval_batches(config: ml_collections.ConfigDict, source,
   for _ in range(num_batches):  # Only where this process's share is shorter.
     yield _pad({k: v[:0] for k, v in template.items()}, size)
 
+
+def eval_examples(config: ml_collections.ConfigDict, source, num: int,
+                  keys: tuple[str, ...] = _KEYS) -> tuple[dict, dict]:
+  """The first `num` examples of an eval split, preprocessed as evaluation does (for pictures).
+
+  Returns:
+    `(raw, batch)`: the same examples stacked, with uint8 images in `raw` and normalised
+    float32 images in `batch`.
+  """
+  examples = [transforms.select(source[i], keys) for i in range(min(num, len(source)))]
+  if config.image_size is not None:
+    examples = [transforms.resize_and_center_crop(e, config.image_size,
+                                                  config.center_crop_fraction)
+                for e in examples]
+  raw = {k: np.stack([e[k] for e in examples]) for k in keys}
+  return raw, _normalize(config).map(raw)

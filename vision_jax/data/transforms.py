@@ -16,6 +16,9 @@ import numpy as np
 from PIL import Image
 
 _GEOMETRIC_KEYS = ("image", "mask")
+# Mask value of pixels outside the image (padding of `random_scale_crop`): no class, so
+# segmentation ignores them, as VOC's 255.
+MASK_FILL = 255
 
 
 def select(example: dict, keys: Sequence[str]) -> dict:
@@ -139,6 +142,33 @@ def random_resized_crop(example: dict, rng: np.random.Generator, size: int,
   for key in _GEOMETRIC_KEYS:
     if key in example:
       out[key] = _resize_box(example[key], key, (size, size), box)
+  return out
+
+
+def random_scale_crop(example: dict, rng: np.random.Generator, size: int,
+                      scale_range: tuple[float, float] = (0.5, 2.0)) -> dict:
+  """Random scale, then a random `size`×`size` window (the segmentation augmentation).
+
+  The shorter side is resized to `size * s`, s log-uniform in `scale_range`, so the same range
+  means the same zoom for images of any size. Where the scaled image is smaller than the
+  window, it lands at a random place and the rest is padding: 0 in the image, `MASK_FILL` in
+  the mask. Bilinear for the image, nearest for the mask. One example (H, W[, C]).
+  """
+  h, w = example["image"].shape[:2]
+  factor = size * np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))) / min(h, w)
+  new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
+  # The window's top-left corner in the scaled image; negative: padding above / to the left.
+  top = int(rng.integers(min(0, new_h - size), max(0, new_h - size) + 1))
+  left = int(rng.integers(min(0, new_w - size), max(0, new_w - size) + 1))
+  rows = slice(max(top, 0), min(top + size, new_h))
+  cols = slice(max(left, 0), min(left + size, new_w))
+  out = dict(example)
+  for key in _GEOMETRIC_KEYS:
+    if key in example:
+      x = _resize_box(example[key], key, (new_h, new_w))
+      canvas = np.full((size, size) + x.shape[2:], 0 if key == "image" else MASK_FILL, x.dtype)
+      canvas[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = x[rows, cols]
+      out[key] = canvas
   return out
 
 

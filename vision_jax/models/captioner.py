@@ -45,6 +45,9 @@ class Captioner(nn.Module):
     attention_dim: Width of the additive attention's hidden layer.
     gate: Scale the attention context by a learned sigmoid gate of the hidden state.
     dropout_rate: Dropout on the decoder output before the vocabulary projection (training).
+    coordinates: Append each grid cell's (row, column) in [-1, 1] to its annotation vector, so
+      that the attended context says where it is ("left of", "above"); convolutional features
+      alone barely encode absolute position.
     backbone_classes: `num_classes` of the backbone's head, which the captioner never uses. Set
       it to a classification checkpoint's to load that checkpoint's params as they are.
     dtype: Computation dtype (e.g. jnp.bfloat16); logits and attention weights stay float32.
@@ -61,6 +64,7 @@ class Captioner(nn.Module):
   gate: bool = True
   dropout_rate: float = 0.0
   backbone_classes: int = 1
+  coordinates: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -106,6 +110,11 @@ class Captioner(nn.Module):
     if x.ndim == 4:
       grid = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, C)
       pooled = grid.mean(axis=1)  # (B, C)
+      if self.coordinates:
+        rows, cols = jnp.meshgrid(jnp.linspace(-1, 1, x.shape[1]), jnp.linspace(-1, 1, x.shape[2]),
+                                  indexing="ij")
+        where = jnp.stack([rows, cols], -1).reshape(1, -1, 2).astype(grid.dtype)  # (1, N, 2)
+        grid = jnp.concatenate([grid, jnp.broadcast_to(where, (*grid.shape[:2], 2))], -1)
     elif x.ndim == 2 and not self.attention:
       grid, pooled = None, x  # (B, C)
     else:

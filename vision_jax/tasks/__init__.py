@@ -3,11 +3,15 @@
 import ml_collections
 
 from vision_jax.tasks.base import Task
+from vision_jax.tasks.captioning import CaptioningTask
 from vision_jax.tasks.classification import ClassificationTask
+from vision_jax.tasks.segmentation import SegmentationTask
 
 # `config.task` → class with `from_config(config)`. Add new tasks here.
 TASKS = {
+    "captioning": CaptioningTask,
     "classification": ClassificationTask,
+    "segmentation": SegmentationTask,
 }
 
 
@@ -22,4 +26,4 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
   return TASKS[config.task].from_config(config)
 
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "get_task"]
+__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "Task", "get_task"]

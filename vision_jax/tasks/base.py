@@ -30,6 +30,20 @@ class Task:
   # The eval metric plotted next to the loss in `curves.png`.
   curve_metric: ClassVar[str] = "loss"
 
+  def prepare(self, builder: tfds.core.DatasetBuilder, train_source, workdir: str) -> "Task":
+    """The task ready for this dataset and run (e.g. with a vocabulary); itself by default."""
+    del builder, train_source, workdir
+    return self
+
+  def example_transform(self, example: dict) -> dict:
+    """Per-example preprocessing after selecting `keys` (e.g. text → token ids); none here."""
+    return example
+
+  def dataset_keys(self) -> dict[str, str]:
+    """Batch key → the dataset feature it is read from (the same name unless a task renames,
+    e.g. segmentation reads `mask` from `segmentation_mask`)."""
+    return {k: k for k in self.keys}
+
   def build_model(self, config: ml_collections.ConfigDict,
                   builder: tfds.core.DatasetBuilder) -> nn.Module:
     """The model for `config.model`, sized for the dataset."""
@@ -58,6 +72,15 @@ class Task:
   def summary(self, metrics: dict) -> str:
     """One line for the console after an eval."""
     return f"loss {metrics['loss']:.4f}"
+
+  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
+                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
+    """Eval metrics that are no sums of batches (e.g. BLEU of decoded captions); none here.
+
+    Runs on every process after the summed metrics; may draw pictures on process 0.
+    """
+    del model, variables, config, eval_source, mesh, workdir, step
+    return {}
 
   def on_eval(self, apply_fn, variables: dict, config: ml_collections.ConfigDict, eval_source,
               workdir: str, step: int) -> None:

@@ -81,7 +81,8 @@ def evaluate(eval_step, state, config: ml_collections.ConfigDict, source,
     task: turns the summed batches into metrics.
   """
   totals = None
-  for batch in pipeline.eval_batches(config.input, source, keys=task.keys):
+  for batch in pipeline.eval_batches(config.input, source, keys=task.keys,
+                                     example_fn=task.example_transform):
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return task.finalize(jax.device_get(totals))
@@ -124,7 +125,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   builder = datasets.get_builder(config.dataset)
   info = datasets.info(builder)
   train_source, eval_source = (
-      datasets.open_split(builder, split, keys=task.keys, in_memory=config.dataset.in_memory)
+      datasets.open_split(builder, split, keys=task.dataset_keys(),
+                          in_memory=config.dataset.in_memory)
       for split in (config.dataset.train_split, config.dataset.eval_split))
   channels = builder.info.features["image"].shape[-1]
   size = config.input.image_size
@@ -133,6 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"Dataset {info.name!r} has images of varying size; set "
                      "config.input.image_size.")
   total_steps = _total_steps(config, len(train_source))
+  task = task.prepare(builder, train_source, workdir)
 
   model = task.build_model(config, builder)
   if config.parallel.strategy == "pmap" and hasattr(model, "bn_axis_name"):
@@ -162,7 +165,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   step = int(state.step)
   train_iter = pipeline.train_batches(config.input, train_source, seed=config.seed,
-                                      start_step=step, keys=task.keys)
+                                      start_step=step, keys=task.keys,
+                                      example_fn=task.example_transform)
   train_state = compiled.to_train_layout(state)
   del state  # Donated to the first step under jit; pmap holds its own copy.
   is_main = jax.process_index() == 0
@@ -195,6 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if do_eval:
           global_state = compiled.to_global(train_state)
           eval_metrics = evaluate(compiled.evaluate, global_state, config, eval_source, task)
+          eval_metrics.update(task.evaluate_more(
+              model, global_state.eval_variables(), config, eval_source, mesh, workdir, step))
           writer.write(step, "eval", eval_metrics)
           if is_main:
             bar.write(f"step {step}: eval {task.summary(eval_metrics)}")

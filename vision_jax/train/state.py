@@ -81,9 +81,14 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   return jax.jit(init, out_shardings=parallel.state_shardings(mesh, abstract))(rng)
 
 
+# Models that wrap a registry backbone (FCN) keep its parameters under this prefix.
+BACKBONE_PREFIX = "backbone/"
+
+
 def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, list[str]]:
   """Starts from pretrained weights: every parameter and BatchNorm statistic whose path and
-  shape match is replaced; the rest keep their fresh initialisation.
+  shape match is replaced; the rest keep their fresh initialisation. A path under `backbone/`
+  also matches the same path without it, so a classifier's weights start an FCN's backbone.
 
   Args:
     state: a freshly created train state.
@@ -102,6 +107,8 @@ def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, lis
     flat = traverse_util.flatten_dict(tree, sep="/")
     for path, leaf in flat.items():
       new = loaded.get(path)
+      if new is None and path.startswith(BACKBONE_PREFIX):  # A classifier's weights in an FCN.
+        new = loaded.get(path[len(BACKBONE_PREFIX):])
       if new is None or tuple(new.shape) != tuple(leaf.shape):
         kept.append(f"{collection}/{path}")
         continue

@@ -1,0 +1,258 @@
+"""FCN (Long, Shelhamer & Darrell 2015, "Fully Convolutional Networks for Semantic Segmentation").
+
+A classification backbone's convolutional stages, read at strides 32, 16 and 8, are scored per
+pixel by 1x1 convolutions; the coarse scores are upsampled (transposed convolutions that start as
+bilinear interpolation) and added to the finer scores ("skips"):
+
+- FCN-32s: score the stride-32 stage, upsample x32.
+- FCN-16s: score32 upsampled x2 + score16 (from the stride-16 stage), upsample x16.
+- FCN-8s:  (that sum) upsampled x2 + score8 (from the stride-8 stage), upsample x8.
+- FCN-4s (not in the paper; for small images): one more skip, from the stride-4 stage.
+
+As in the paper, the score layers start at zero, the x2 upsamplings start bilinear and are
+learnt, and the last upsampling (to the input's resolution) is fixed bilinear (optionally
+learnt). Optionally the classifier's fc6/fc7 come back as convolutions on the stride-32 map
+(`head_width`: 4096 with a 7x7 kernel in the paper, for VGG-16). Any registry backbone that names its stages `stage<k>`
+works (VGG, ResNet with the ImageNet stem, GoogLeNet); the stages are picked by their stride.
+The backbone's dense layers (its classifier) and their dropout are skipped: no parameters.
+
+Sizes: the paper pads the input by 100 px and crops the upsampled maps at computed offsets;
+here convolutions keep their "same" padding, the transposed convolutions output exactly
+`factor` times their input (PyTorch's padding), and a map that still differs by a pixel or two
+from the one it is added to (inputs not divisible by 32) is cropped or edge-padded at the
+bottom/right. The logits always come out at the input's resolution.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vision_jax import models
+
+VARIANTS = ("32s", "16s", "8s", "4s")
+# Variant → the strides whose stages it scores, coarsest first. "4s" (one skip further than the
+# paper) is for small images, where a stride-8 map has too few cells for thin parts.
+STRIDES = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8), "4s": (32, 16, 8, 4)}
+
+
+def _bilinear_profile(factor: int) -> np.ndarray:
+  """The 1-D bilinear weights of `bilinear_kernel` (which is their outer product)."""
+  size = 2 * factor - factor % 2
+  center = factor - 1 if size % 2 == 1 else factor - 0.5
+  return 1 - np.abs(np.arange(size) - center) / factor
+
+
+def bilinear_kernel(factor: int, channels: int) -> np.ndarray:
+  """The transposed-convolution kernel of bilinear upsampling by `factor` (the paper's init).
+
+  Each output channel interpolates only its own input channel. Size `2 * factor - factor % 2`,
+  centred at `factor - 0.5` (even size) or `factor - 1` (odd size), as in the FCN code
+  (`surgery.upsample_filt`): for factor 2 the 1-D profile is (0.25, 0.75, 0.75, 0.25).
+
+  Returns:
+    (k, k, channels, channels) float32, zero off the channel diagonal.
+  """
+  profile = _bilinear_profile(factor)  # (k,)
+  size = len(profile)
+  kernel = np.zeros((size, size, channels, channels), np.float32)
+  kernel[:, :, np.arange(channels), np.arange(channels)] = np.outer(profile, profile)[..., None]
+  return kernel
+
+
+class Upsample(nn.Module):
+  """Learnt upsampling by an integer factor: a transposed convolution initialised to bilinear.
+
+  The output is exactly `factor` times the input in height and width (PyTorch's
+  `ConvTranspose2d(kernel_size=k, stride=factor, padding=(k - factor) // 2)`).
+
+  Attributes:
+    features: Channels in and out (the bilinear init maps each channel to itself).
+    factor: Upsampling factor (the stride).
+    dtype: Computation dtype.
+    param_dtype: Parameter dtype.
+  """
+
+  features: int
+  factor: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(B, H, W, features) → (B, factor * H, factor * W, features)."""
+    f = self.factor
+    size = 2 * f - f % 2
+    # lax pads the stride-dilated input; k - 1 - p on each side gives PyTorch's padding p.
+    pad = size - 1 - (size - f) // 2
+    init = lambda key, shape, dtype: jnp.asarray(bilinear_kernel(f, shape[-1]), dtype)  # noqa: E731
+    return nn.ConvTranspose(
+        self.features, (size, size), strides=(f, f), padding=((pad, pad), (pad, pad)),
+        use_bias=False, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype,
+        name="deconv")(x)
+
+
+def bilinear_matrix(factor: int, size: int) -> np.ndarray:
+  """Bilinear upsampling of one axis of length `size` as a matrix: (factor * size, size).
+
+  Row o holds the weights that `Upsample` at its initialisation (the transposed convolution
+  with `bilinear_kernel`, padding p) gives the inputs: out[o] = sum_i w[o + p - factor * i] in[i],
+  w the 1-D profile. Rows are then normalised to sum to one: in the interior they already do;
+  at the border the transposed convolution's zero padding would fade the output towards zero,
+  and normalising replaces that by holding the edge value.
+  """
+  profile = _bilinear_profile(factor)
+  k = len(profile)
+  taps = np.arange(factor * size)[:, None] + (k - factor) // 2 - factor * np.arange(size)
+  weights = np.where((taps >= 0) & (taps < k), profile[np.clip(taps, 0, k - 1)], 0.0)
+  return (weights / weights.sum(1, keepdims=True)).astype(np.float32)
+
+
+def bilinear_upsample(x: jax.Array, factor: int) -> jax.Array:
+  """Fixed bilinear upsampling of (B, H, W, C) by `factor` (the paper's final upsampling).
+
+  Two small matmuls with `bilinear_matrix`, instead of a transposed convolution with a
+  2 * factor kernel over every pair of channels (costly at factor 32 on a CPU).
+  """
+  rows = jnp.asarray(bilinear_matrix(factor, x.shape[1]), x.dtype)  # (f H, H)
+  cols = jnp.asarray(bilinear_matrix(factor, x.shape[2]), x.dtype)  # (f W, W)
+  return jnp.einsum("oh,bhwc,pw->bopc", rows, x, cols)
+
+
+def fit(x: jax.Array, height: int, width: int) -> jax.Array:
+  """Crops (bottom/right) or edge-pads `x` (B, H, W, C) to (B, height, width, C)."""
+  x = x[:, :height, :width]
+  pad_h, pad_w = height - x.shape[1], width - x.shape[2]
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+  return x
+
+
+def stages_by_stride(features: Mapping[str, jax.Array], input_size: int,
+                     strides=(32, 16, 8)) -> tuple[str, ...]:
+  """The backbone stage at each of `strides`: for each, the deepest `stage<k>` that has it.
+
+  A stage's stride is `input_size / its height`, rounded to a power of two, so sizes not
+  divisible by 32 (floor or ceil pooling) still count.
+
+  Raises:
+    ValueError: naming the stages and their strides when one is missing.
+  """
+  found = {}
+  for name, x in features.items():
+    if name.startswith("stage") and name[5:].isdigit() and x.ndim == 4:
+      found[name] = 2 ** round(math.log2(input_size / x.shape[1]))
+  picked = []
+  for stride in strides:
+    names = sorted((n for n, s in found.items() if s == stride), key=lambda n: int(n[5:]))
+    if not names:
+      raise ValueError(f"The backbone has no stage at stride {stride}; its stages and strides "
+                       f"at {input_size} px: {found}. FCN needs stages at strides 8, 16 and 32 "
+                       "(e.g. VGG, ResNet-18/50 with the ImageNet stem, GoogLeNet).")
+    picked.append(names[-1])
+  return tuple(picked)
+
+
+class FCN(nn.Module):
+  """Fully convolutional network over a registry backbone.
+
+  Attributes:
+    num_classes: Classes scored at each pixel.
+    backbone: A key of `vision_jax.models.MODELS` whose features include `stage<k>` maps at
+      strides 32, 16 and 8.
+    variant: "32s", "16s", "8s" (the paper's) or "4s".
+    backbone_kwargs: Other fields of the backbone (e.g. `widths` of a small VGG).
+    head_width: Width of fc6/fc7 recast as convolutions on the stride-32 map before scoring
+      (4096 in the paper); 0 scores the stage directly.
+    head_kernel: Kernel size of fc6 (7 in the paper: VGG's 7x7 pooled map).
+    learn_final_upsample: Learn the last upsampling (to the input's resolution) too. The paper
+      fixes it to bilinear (Sec. 4.3) and learns only the x2 ones; so does the default, which
+      then costs two small matmuls instead of a large transposed convolution.
+    dropout_rate: Dropout after fc6 and fc7 in training (0.5 in the paper).
+    bn_axis_name: Passed to the backbone's BatchNorm (pmap); None leaves the backbone's default.
+    dtype: Computation dtype; the logits are float32.
+    param_dtype: Parameter dtype.
+  """
+
+  num_classes: int
+  backbone: str
+  variant: str = "8s"
+  backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
+  head_width: int = 0
+  head_kernel: int = 7
+  learn_final_upsample: bool = False
+  dropout_rate: float = 0.5
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scores every pixel.
+
+    Args:
+      x: Images, (B, H, W, C).
+      train: Backbone BatchNorm statistics and dropout in training mode.
+
+    Returns:
+      `(logits, features)`: float32 logits (B, H, W, num_classes) and the backbone's features
+      plus `score` (B, H / s, W / s, num_classes), the summed scores at the finest stride `s`.
+    """
+    if self.variant not in STRIDES:
+      raise ValueError(f"Unknown FCN variant {self.variant!r}; valid choices: {list(VARIANTS)}")
+    kwargs = dict(self.backbone_kwargs)
+    if self.bn_axis_name is not None:
+      kwargs["bn_axis_name"] = self.bn_axis_name
+    if self.backbone not in models.MODELS:
+      raise ValueError(f"Unknown backbone {self.backbone!r}; valid choices: "
+                       f"{sorted(models.MODELS)}")
+    # num_classes=1: the backbone's classifier is skipped below, so its size does not matter.
+    backbone = models.MODELS[self.backbone](num_classes=1, dtype=self.dtype,
+                                            param_dtype=self.param_dtype, name="backbone",
+                                            **kwargs)
+
+    def skip_classifier(next_fun, args, kwargs, context):
+      """Skips the backbone's own dense layers (zeros out, no parameters) and their dropout."""
+      module = context.module
+      if context.method_name == "__call__" and module.parent is backbone:
+        if isinstance(module, nn.Dense):
+          return jnp.zeros(args[0].shape[:-1] + (module.features,), self.dtype)
+        if isinstance(module, nn.Dropout):
+          return args[0]
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(skip_classifier):
+      _, features = backbone(x, train=train)
+
+    height, width = x.shape[1:3]
+    strides = STRIDES[self.variant]
+    names = stages_by_stride(features, height, strides)
+    conv = lambda n, k, name, **kw: nn.Conv(  # noqa: E731
+        n, (k, k), dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+    # The paper zero-initialises the score layers; the upsampling starts bilinear.
+    score = lambda name: conv(self.num_classes, 1, name, kernel_init=nn.initializers.zeros)  # noqa: E731
+
+    y = features[names[0]]  # (B, H / 32, W / 32, C)
+    if self.head_width:
+      for name, k in (("fc6", self.head_kernel), ("fc7", 1)):
+        y = nn.relu(conv(self.head_width, k, name)(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = score(f"score{strides[0]}")(y)  # (B, H / 32, W / 32, K)
+    for coarse, stride, name in zip(strides, strides[1:], names[1:]):
+      skip = score(f"score{stride}")(features[name])  # (B, H / stride, W / stride, K)
+      up = Upsample(self.num_classes, coarse // stride, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"up{coarse}")(y)
+      y = fit(up, *skip.shape[1:3]) + skip
+    features = {**features, "score": y}
+    if self.learn_final_upsample:
+      logits = Upsample(self.num_classes, strides[-1], dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f"up{strides[-1]}_to_1")(y)
+    else:
+      logits = bilinear_upsample(y, strides[-1])
+    logits = fit(logits, height, width)  # (B, H, W, K)
+    return logits.astype(jnp.float32), features

@@ -1,0 +1,58 @@
+"""Segmentation pictures: image | ground truth | prediction, with a colour legend of the classes."""
+
+import matplotlib
+import matplotlib.patches as mpatches
+import numpy as np
+
+from vision_jax.viz import figures
+
+IGNORED_COLOUR = (1.0, 1.0, 1.0)  # White: pixels that do not count (ignore label, padding).
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+  """(K, 3) RGB in [0, 1]: dark grey for class 0 (background), distinct hues for the others."""
+  cmap = matplotlib.colormaps["tab20" if num_classes <= 21 else "hsv"]
+  others = [cmap(i / max(num_classes - 1, 1) if num_classes > 21 else i)[:3]
+            for i in range(num_classes - 1)]
+  return np.array([(0.2, 0.2, 0.2), *others], np.float32)
+
+
+def colourise(classes: np.ndarray, colours: np.ndarray) -> np.ndarray:
+  """(H, W) classes (negative: ignored) → (H, W, 3) uint8 RGB (uint8: drawn unscaled)."""
+  out = colours[np.clip(classes, 0, len(colours) - 1)]
+  out[classes < 0] = IGNORED_COLOUR
+  return np.round(out * 255).astype(np.uint8)
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     class_names, path: str, title: str = "") -> str:
+  """One row per image: the image, the true classes, the predicted classes; then a legend.
+
+  Args:
+    images: (B, H, W, C) uint8.
+    labels: (B, H, W) true classes, negative where ignored (drawn white).
+    predictions: (B, H, W) predicted classes.
+    class_names: a name per class.
+    path: output PNG: 4 columns of 200 pixels (the 4th holds the legend) and B rows of 200
+      pixels, plus the title band.
+    title: figure title.
+
+  Returns:
+    `path`.
+  """
+  colours = class_colours(len(class_names))
+  fig, axes = figures.grid(len(images), 4, panel=(2.0, 2.0), title=title)
+  for row, image, label, prediction in zip(axes, images, labels, predictions):
+    valid = label >= 0
+    accuracy = (prediction == label)[valid].mean() if valid.any() else float("nan")
+    figures.show(row[0], image, title="image")
+    figures.show(row[1], colourise(label, colours), title="ground truth")
+    figures.show(row[2], colourise(prediction, colours),
+                 title=f"prediction ({accuracy:.0%} right)")
+    row[3].axis("off")
+  handles = [mpatches.Patch(color=c, label=f"{i} {name}")
+             for i, (c, name) in enumerate(zip(colours, class_names))]
+  handles.append(mpatches.Patch(facecolor=IGNORED_COLOUR, edgecolor="black", label="ignored"))
+  axes[0, 3].legend(handles=handles, loc="upper left", fontsize=7, frameon=False,
+                    borderaxespad=0.0)
+  return figures.save(fig, path)
