@@ -345,7 +345,7 @@ def test_picture_shows_image_truth_and_prediction(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("variant", "4s", "32s"),
+    ("variant", "2s", "32s"),
     ("class_weights", (1.0, 2.0), "one non-negative weight per class"),
     ("label_map", (0, 9), "only 7 classes"),
 ])
