@@ -375,3 +375,14 @@ def test_classifier_weights_start_the_fcn_backbone():
                                 pretrained["params"]["stage1_conv1"]["kernel"])
   np.testing.assert_array_equal(state.batch_stats["backbone"]["stage1_conv1_bn"]["mean"],
                                 pretrained["batch_stats"]["stage1_conv1_bn"]["mean"])
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_open_split_renames_features(tiny_shapes_dir, in_memory):
+  from vision_jax.data import datasets
+  builder = tfds.builder("synthetic_shapes/tiny32", data_dir=tiny_shapes_dir)
+  plain = datasets.open_split(builder, "test", keys=("image", "mask"))
+  renamed = datasets.open_split(builder, "test", keys={"image": "image", "seg": "mask"},
+                                in_memory=in_memory)
+  assert len(renamed) == len(plain) and set(renamed[3]) == {"image", "seg"}
+  np.testing.assert_array_equal(renamed[3]["seg"], plain[3]["mask"])

@@ -12,9 +12,10 @@ bilinear interpolation) and added to the finer scores ("skips"):
 As in the paper, the score layers start at zero, the x2 upsamplings start bilinear and are
 learnt, and the last upsampling (to the input's resolution) is fixed bilinear (optionally
 learnt). Optionally the classifier's fc6/fc7 come back as convolutions on the stride-32 map
-(`head_width`: 4096 with a 7x7 kernel in the paper, for VGG-16). Any registry backbone that names its stages `stage<k>`
-works (VGG, ResNet with the ImageNet stem, GoogLeNet); the stages are picked by their stride.
-The backbone's dense layers (its classifier) and their dropout are skipped: no parameters.
+(`head_width`: 4096 with a 7x7 kernel in the paper, for VGG-16). Any registry backbone that
+names its stages `stage<k>` works (VGG, ResNet with the ImageNet stem, GoogLeNet); the stages
+are picked by their stride. The backbone's dense layers (its classifier) and their dropout are
+skipped, so they have no parameters.
 
 Sizes: the paper pads the input by 100 px and crops the upsampled maps at computed offsets;
 here convolutions keep their "same" padding, the transposed convolutions output exactly
@@ -152,7 +153,7 @@ def stages_by_stride(features: Mapping[str, jax.Array], input_size: int,
     names = sorted((n for n, s in found.items() if s == stride), key=lambda n: int(n[5:]))
     if not names:
       raise ValueError(f"The backbone has no stage at stride {stride}; its stages and strides "
-                       f"at {input_size} px: {found}. FCN needs stages at strides 8, 16 and 32 "
+                       f"at {input_size} px: {found}. This FCN needs stages at strides {strides} "
                        "(e.g. VGG, ResNet-18/50 with the ImageNet stem, GoogLeNet).")
     picked.append(names[-1])
   return tuple(picked)
@@ -164,7 +165,7 @@ class FCN(nn.Module):
   Attributes:
     num_classes: Classes scored at each pixel.
     backbone: A key of `vision_jax.models.MODELS` whose features include `stage<k>` maps at
-      strides 32, 16 and 8.
+      the variant's strides (32, 16, 8; 4 for "4s").
     variant: "32s", "16s", "8s" (the paper's) or "4s".
     backbone_kwargs: Other fields of the backbone (e.g. `widths` of a small VGG).
     head_width: Width of fc6/fc7 recast as convolutions on the stride-32 map before scoring
@@ -234,8 +235,9 @@ class FCN(nn.Module):
     names = stages_by_stride(features, height, strides)
     conv = lambda n, k, name, **kw: nn.Conv(  # noqa: E731
         n, (k, k), dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
-    # The paper zero-initialises the score layers; the upsampling starts bilinear.
-    score = lambda name: conv(self.num_classes, 1, name, kernel_init=nn.initializers.zeros)  # noqa: E731
+    # The paper zero-initialises the score layers.
+    score = lambda name: conv(  # noqa: E731
+        self.num_classes, 1, name, kernel_init=nn.initializers.zeros)
 
     y = features[names[0]]  # (B, H / 32, W / 32, C)
     if self.head_width:
