@@ -147,4 +147,7 @@ def test_a_dead_process_stops_the_others_with_an_error(tmp_path, tiny_shapes_dir
   processes[1].wait()
   assert processes[0].returncode != 0
   assert time.time() - start < 60
-  assert "another task died" in output or "stopped sending heartbeats" in output, output[-3000:]
+  # JAX's coordination service ("another task died") or the collective that lost its peer
+  # aborts the process; either way it stops with an error instead of hanging.
+  assert any(m in output for m in ("another task died", "stopped sending heartbeats",
+                                   "Fatal Python error", "Aborted")), output[-3000:]
