@@ -157,6 +157,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                      "with 0 < low <= high.")
   if config.task == "segmentation":
     _validate_segmentation(config.segmentation)
+    if config.input.train_crop == "pad" and config.input.crop_padding:
+      raise ValueError(
+          f'config.input.train_crop="pad" with crop_padding={config.input.crop_padding} pads '
+          'masks with 0, a class; for segmentation use train_crop="random_scale" (it pads masks '
+          "with 255, ignored) or crop_padding=0.")
   if not 0 < config.input.center_crop_fraction <= 1:
     raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
                      "must be in (0, 1].")
