@@ -16,11 +16,10 @@ import subprocess
 import sys
 import time
 
-from etils import epath
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-import pytest
+
+from vision_jax.train import inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,13 +70,7 @@ def _train_losses(workdir):
 
 def _params(workdir, step):
   """Parameters of a checkpoint as numpy arrays, whatever topology wrote it."""
-  path = epath.Path(workdir) / "checkpoints" / str(step) / "state"
-  saved = ocp.PyTreeCheckpointHandler().metadata(path).tree
-  wanted = {"params": saved["params"]}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args, partial_restore=True))["params"]
+  return inference.restore_variables(os.path.join(workdir, "checkpoints"), step)["params"]
 
 
 def _assert_same_training(workdir, reference, step):

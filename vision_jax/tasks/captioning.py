@@ -159,6 +159,21 @@ class CaptioningTask(base.Task):
       line += f"; beam {self.beam_size}: {metrics['beam_bleu4']:.4f}, {metrics['beam_cider']:.3f}"
     return line + f"; perplexity {metrics['perplexity']:.3f}"
 
+  @functools.lru_cache(maxsize=4)
+  def _decoders(self, model: nn.Module):
+    """Jitted greedy and beam decoders of `model`, built once so later evals reuse them.
+
+    Cached per (task settings, model); the vocabulary only enters through the special ids,
+    which every vocabulary shares.
+    """
+    ids = dict(bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
+               max_length=self.max_length - 1, pad_id=self.vocab.pad_id)
+    greedy_fn = jax.jit(functools.partial(decoding.greedy_decode, model=model, **ids))
+    beam_fn = jax.jit(functools.partial(decoding.beam_search, model=model,
+                                        beam_size=self.beam_size, alpha=self.length_penalty,
+                                        **ids))
+    return greedy_fn, beam_fn
+
   def decode(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
              source, mesh: jax.sharding.Mesh) -> dict:
     """Greedy (and beam) captions of the first `eval_examples` images of `source`.
@@ -170,12 +185,7 @@ class CaptioningTask(base.Task):
       None), `images` (the first `num_pictures` raw uint8 images) and `references`.
     """
     count = len(source) if self.eval_examples is None else min(self.eval_examples, len(source))
-    ids = dict(bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
-               max_length=self.max_length - 1, pad_id=self.vocab.pad_id)
-    greedy_fn = jax.jit(functools.partial(decoding.greedy_decode, model=model, **ids))
-    beam_fn = jax.jit(functools.partial(decoding.beam_search, model=model,
-                                        beam_size=self.beam_size, alpha=self.length_penalty,
-                                        **ids))
+    greedy_fn, beam_fn = self._decoders(model)
     replicated = parallel.replicated(mesh)
     greedy, beam, attention = [], [], []
     for batch in pipeline.eval_batches(config.input, source, keys=self.keys,

@@ -196,8 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           bar.set_postfix(loss=f"{train_metrics['loss']:.4f}",
                           img_s=f"{train_metrics['images_per_sec']:.0f}")
         bar.update(1)
-        if do_eval:
+        if do_eval or do_save:
+          # Global arrays (a view under jit; pmap's per-device copies gathered once).
           global_state = compiled.to_global(train_state)
+        if do_eval:
           eval_metrics = evaluate(compiled.evaluate, global_state, config, eval_source, task)
           eval_metrics.update(task.evaluate_more(
               model, global_state.eval_variables(), config, eval_source, mesh, workdir, step))
@@ -206,10 +208,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.write(f"step {step}: eval {task.summary(eval_metrics)}")
             task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
                          eval_source, workdir, step)
-          del global_state
         if do_save:
-          ckpt.save(step, compiled.to_global(train_state),
-                    metrics=eval_metrics if do_eval else None)
+          ckpt.save(step, global_state, metrics=eval_metrics if do_eval else None)
+        if do_eval or do_save:
+          del global_state  # Under jit the next step donates these buffers.
         if preempted:
           bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
                     "resume.")

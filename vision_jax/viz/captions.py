@@ -10,6 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from vision_jax.viz import model_pictures  # noqa: E402
+
 
 def _upsample(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """(N,) attention over a square grid → (H, W), bilinear, scaled to [0, 1]."""
@@ -50,8 +52,8 @@ def plot_captions(images: list[np.ndarray], generated: list[str], references: li
       ax = axes[row, col]
       step = col - 1
       if words is not None and step < len(words[row]):
-        ax.imshow(shown, cmap="gray" if image.shape[-1] == 1 else None)
-        ax.imshow(_upsample(attention[row, step], image.shape[:2]), cmap="jet", alpha=0.5)
+        heat = _upsample(attention[row, step], image.shape[:2])
+        ax.imshow(np.clip(model_pictures.overlay(image, heat), 0, 1))
         ax.set_title(words[row][step], fontsize=8)
     for ax in axes[row]:
       ax.axis("off")
