@@ -276,6 +276,24 @@ def test_fashion_scene_masks_agree_with_where_the_items_are(tmp_path):
       np.testing.assert_allclose(s["boxes"][k], box, atol=1e-6)
 
 
+def test_fashion_scene_captions_name_the_main_garment_and_where_the_others_are():
+  box = lambda cy, cx, h=0.2: [cy - h / 2, cx - h / 2, cy + h / 2, cx + h / 2]  # noqa: E731
+  caption = fashion_scenes.caption
+  assert caption(np.array([box(0.2, 0.2)]), np.array([4]), np.array([50])) == (
+      "a coat in the top left")
+  assert caption(np.array([box(0.5, 0.5)]), np.array([9]), np.array([50])) == (
+      "an ankle boot in the centre")
+  # The main garment (most visible pixels) comes first; the others left to right.
+  boxes = np.array([box(0.5, 0.8), box(0.5, 0.2), box(0.6, 0.5)])
+  assert caption(boxes, np.array([8, 1, 3]), np.array([10, 20, 90])) == (
+      "a dress right of a trouser and left of a bag")
+  assert caption(boxes[:2], np.array([8, 1]), np.array([10, 20])) == "a trouser left of a bag"
+  # Dominant axis: far below, a little to the right → "below"; one shared relation said once.
+  boxes = np.array([box(0.8, 0.45), box(0.2, 0.3), box(0.3, 0.6)])
+  assert caption(boxes, np.array([0, 5, 7]), np.array([90, 20, 10])) == (
+      "a top below a sandal and a sneaker")
+
+
 def test_fashion_scenes_builder_stores_the_rendered_scenes(tmp_path):
   manual = tmp_path / "manual"
   manual.mkdir()
@@ -291,10 +309,12 @@ def test_fashion_scenes_builder_stores_the_rendered_scenes(tmp_path):
   labels = fashion_mnist_local.read_idx(manual / "t10k-labels-idx1-ubyte.gz")
   stored = {}
   for ex in builder.as_data_source(split="test"):
-    stored[ex["image"].tobytes()] = ex["mask"]
+    stored[ex["image"].tobytes()] = ex
   for i in range(6):  # TFDS shuffles the order; every rendered scene is stored, mask with it.
     ex = fashion_scenes.make_example("test", i, items, labels, config)
-    np.testing.assert_array_equal(stored[ex["image"].tobytes()], ex["mask"])
+    np.testing.assert_array_equal(stored[ex["image"].tobytes()]["mask"], ex["mask"])
+    assert stored[ex["image"].tobytes()]["caption"].decode() == ex["caption"]
+    assert ex["caption"].split()[1] in " ".join(fashion_scenes.CAPTION_NAMES)
 
 
 # --- End to end ---------------------------------------------------------------------------------

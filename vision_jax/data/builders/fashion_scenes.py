@@ -1,6 +1,6 @@
 """TFDS builder for `fashion_scenes`: real Fashion-MNIST garments placed on textured canvases.
 
-A segmentation dataset made locally from the Fashion-MNIST IDX files (see `fashion_mnist_local`;
+A segmentation, detection and captioning dataset made locally from the Fashion-MNIST IDX files (see `fashion_mnist_local`;
 no download): each scene is a greyscale canvas (64x64 by default) with a smooth, noisy
 background and 1-3 garments at random sizes and places, later ones on top. `mask` is per pixel
 0 = background, 1 + the garment's Fashion-MNIST class (so 11 classes, `CLASS_NAMES`); a
@@ -12,7 +12,8 @@ Train scenes use Fashion-MNIST's train images, test scenes its test images.
     tfds.builder("fashion_scenes/size64").download_and_prepare(file_format="array_record")
     train = tfds.data_source("fashion_scenes/size64", split="train")
     train[0]  # {'image': (64, 64, 1) uint8, 'mask': (64, 64, 1) uint8,
-              #  'objects': {'bbox': N arrays (4,) float32, 'label': N np.int64}}
+              #  'objects': {'bbox': N arrays (4,) float32, 'label': N np.int64},
+              #  'caption': b'a dress left of a bag'}
 
 Scene i of a split is drawn from the seed (split seed, i) alone, so the data is the same on
 every machine. Small builds (tests) take a custom config, as `synthetic_shapes` does:
@@ -29,7 +30,7 @@ from PIL import Image
 from scipy import ndimage
 import tensorflow_datasets as tfds
 
-from vision_jax.data.builders import fashion_mnist_local
+from vision_jax.data.builders import fashion_mnist_local, shapes_render
 
 CLASS_NAMES = ("background",) + fashion_mnist_local.CLASS_NAMES
 NUM_EXAMPLES = {"train": 20_000, "test": 2_000}
@@ -39,6 +40,9 @@ THRESHOLD = 10  # Item pixels above this (of 255) are garment; Fashion-MNIST's g
 ITEM_SIZE = (0.35, 0.65)  # An item's side as a fraction of the canvas (28 px items → 22-42 px).
 MIN_VISIBLE = 0.6  # Each garment keeps at least this fraction of its silhouette uncovered.
 _ATTEMPTS = 20  # Placements tried per extra garment before the scene keeps fewer.
+# The word(s) a caption uses for each Fashion-MNIST class (the tokenizer would split "T-shirt/top").
+CAPTION_NAMES = ("top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
+                 "bag", "ankle boot")
 
 
 @dataclasses.dataclass(eq=False)
@@ -83,7 +87,7 @@ def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
     image (size, size) uint8; mask (size, size) uint8, 0 background, 1 + class;
     instances (size, size) uint8, 0 background, k for the k-th garment; boxes (n, 4) float32
     (ymin, xmin, ymax, xmax in [0, 1], tight around each garment's visible pixels); box_labels
-    (n,) int64 classes; items (n,) int64 indices into `items`.
+    (n,) int64 classes; items (n,) int64 indices into `items`; caption str (see `caption`).
   """
   image = _background(rng, size)
   instances = np.zeros((size, size), np.uint8)
@@ -111,15 +115,40 @@ def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
     rows, cols = np.nonzero(instances == k + 1)
     boxes[k] = np.array([rows.min(), cols.min(), rows.max() + 1, cols.max() + 1]) / size
   lut = np.concatenate([[0], box_labels + 1]).astype(np.uint8)
+  visible = np.bincount(instances.ravel(), minlength=len(chosen) + 1)[1:]  # (n,)
   return {"image": np.clip(np.round(image), 0, 255).astype(np.uint8), "mask": lut[instances],
-          "instances": instances, "boxes": boxes, "box_labels": box_labels, "items": chosen}
+          "instances": instances, "boxes": boxes, "box_labels": box_labels, "items": chosen,
+          "caption": caption(boxes, box_labels, visible)}
+
+
+def caption(boxes: np.ndarray, box_labels: np.ndarray, areas: np.ndarray) -> str:
+  """Says which garments a scene holds and where, e.g. "a dress left of a bag and above a sandal".
+
+  The main garment is the one with the most visible pixels. Alone, it gets its place by thirds
+  of the canvas ("a coat in the top left"); otherwise it is related to each other garment by the
+  dominant axis between the box centres, the others listed left to right (the wording of
+  `synthetic_shapes`, with `CAPTION_NAMES` for the classes).
+
+  Args:
+    boxes: (n, 4) ymin, xmin, ymax, xmax in [0, 1] of the visible pixels.
+    box_labels: (n,) Fashion-MNIST classes.
+    areas: (n,) visible pixels of each garment.
+  """
+  places = [{"cx": (b[1] + b[3]) / 2, "cy": (b[0] + b[2]) / 2,
+             "name": f"{shapes_render.article(CAPTION_NAMES[k])} {CAPTION_NAMES[k]}"}
+            for b, k in zip(boxes, box_labels)]
+  main = places.pop(int(np.argmax(areas)))
+  if not places:
+    return f"{main['name']} {shapes_render.position(main['cx'], main['cy'])}"
+  return shapes_render.relate(main["name"], main, places)
 
 
 class FashionScenes(tfds.core.GeneratorBasedBuilder):
   """Scenes of 1-3 real Fashion-MNIST garments on a textured canvas, with per-pixel classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Adds `caption` (the same scenes: images, masks and boxes unchanged)."}
   BUILDER_CONFIGS = [FashionScenesConfig(name="size64", size=64, description="64x64 canvases.")]
   DEFAULT_CONFIG_NAME = "size64"
   MANUAL_DOWNLOAD_INSTRUCTIONS = fashion_mnist_local.FashionMnistLocal.MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -130,7 +159,8 @@ class FashionScenes(tfds.core.GeneratorBasedBuilder):
         description=(
             "Fashion-MNIST garments (1-3, random sizes and places, later ones on top) on smooth "
             "noisy grey backgrounds. `mask` is per pixel 0 = background, 1 + the Fashion-MNIST "
-            "class; `objects` holds each garment's tight box and class."),
+            "class; `objects` holds each garment's tight box and class; `caption` says which "
+            "garments are where, e.g. 'a dress left of a bag and above a sandal'."),
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(s, s, 1)),
             "mask": tfds.features.Image(shape=(s, s, 1)),
@@ -138,6 +168,7 @@ class FashionScenes(tfds.core.GeneratorBasedBuilder):
                 "bbox": tfds.features.BBoxFeature(),
                 "label": tfds.features.ClassLabel(names=fashion_mnist_local.CLASS_NAMES),
             }),
+            "caption": tfds.features.Text(),
         }),
         homepage="https://github.com/zalandoresearch/fashion-mnist",
     )
@@ -176,4 +207,5 @@ def make_example(split: str, index: int, items: np.ndarray, labels: np.ndarray,
   scene = render_scene(np.random.default_rng([_SPLIT_SEEDS[split], index]), items, labels,
                        config.size, config.max_items)
   return {"image": scene["image"][..., None], "mask": scene["mask"][..., None],  # (H, W, 1)
-          "objects": {"bbox": scene["boxes"], "label": scene["box_labels"]}}
+          "objects": {"bbox": scene["boxes"], "label": scene["box_labels"]},
+          "caption": scene["caption"]}

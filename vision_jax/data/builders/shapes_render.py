@@ -189,6 +189,11 @@ def _third(t: float) -> int:
   return min(int(t * 3), 2)
 
 
+def position(cx: float, cy: float) -> str:
+  """Where a centre (cx, cy) in [0, 1] lies, by thirds of the image, e.g. "in the top left"."""
+  return _POSITIONS[_third(cy)][_third(cx)]
+
+
 def _place(rng: np.random.Generator, objects: list[dict]) -> list[dict]:
   """Gives objects centres inside the image; drops distractors that find no room.
 
@@ -217,15 +222,17 @@ def _place(rng: np.random.Generator, objects: list[dict]) -> list[dict]:
   return placed
 
 
-def _relation(main: dict, other: dict) -> str:
-  """Where `main` is relative to `other`, by the dominant axis (y points down)."""
+def relation(main: dict, other: dict) -> str:
+  """Where `main` is relative to `other` ("left of", "right of", "above", "below"), by the
+  dominant axis between their centres `cx`, `cy` in [0, 1] (y points down)."""
   dx, dy = main["cx"] - other["cx"], main["cy"] - other["cy"]
   if abs(dx) >= abs(dy):
     return "left of" if dx < 0 else "right of"
   return "above" if dy < 0 else "below"
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+  """The indefinite article before `word`: "a" or "an"."""
   return "an" if word[0] in "aeiou" else "a"
 
 
@@ -243,16 +250,31 @@ def caption(objects: list[dict]) -> str:
   """
   main = objects[0]
   if len(objects) == 1:
-    where = _POSITIONS[_third(main["cy"])][_third(main["cx"])]
-    return f"{_article(main['colour'])} {main['colour']} {main['shape']} {where}"
-  others = sorted(objects[1:], key=lambda o: o["cx"])
-  relations = [_relation(main, o) for o in others]
-  names = [f"a small {o['colour']} {o['shape']}" for o in others]
+    where = position(main["cx"], main["cy"])
+    return f"{article(main['colour'])} {main['colour']} {main['shape']} {where}"
+  others = [dict(o, name=f"a small {o['colour']} {o['shape']}") for o in objects[1:]]
+  return relate(f"a large {main['colour']} {main['shape']}", main, others)
+
+
+def relate(name: str, main: dict, others: list[dict]) -> str:
+  """`name` followed by where `main` is relative to each of `others`, listed left to right.
+
+  Args:
+    name: the main object's words, e.g. "a large red circle".
+    main: its centre `cx`, `cy` in [0, 1].
+    others: dicts with `name` and centre `cx`, `cy`.
+
+  Returns:
+    E.g. "a large red circle left of a small blue square and below a small green ring"; one
+    shared relation is said once: "... left of a small blue square and a small green ring".
+  """
+  others = sorted(others, key=lambda o: o["cx"])
+  relations = [relation(main, o) for o in others]
   if len(set(relations)) == 1:
-    tail = f"{relations[0]} " + " and ".join(names)
+    tail = f"{relations[0]} " + " and ".join(o["name"] for o in others)
   else:
-    tail = " and ".join(f"{r} {n}" for r, n in zip(relations, names))
-  return f"a large {main['colour']} {main['shape']} {tail}"
+    tail = " and ".join(f"{r} {o['name']}" for r, o in zip(relations, others))
+  return f"{name} {tail}"
 
 
 def _choose_colours(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
