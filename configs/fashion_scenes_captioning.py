@@ -5,7 +5,7 @@
 `fashion_scenes/size64` is built once from /usr/share/datasets/fashion-mnist (set
 --config.dataset.manual_dir elsewhere): 64x64 grey canvases with 1-3 garments, each caption
 naming the garment with the most visible pixels and where it is relative to the others (see
-`vision_jax.data.builders.fashion_scenes.caption`). A small CNN encodes each scene into a 16x16
+`vision_jax.data.builders.fashion_scenes.caption`). A small CNN encodes each scene into an 8x8
 grid that an LSTM with soft attention reads. No flips or crops: they would make "left of" wrong.
 The argument picks `attention` (default) or `show_and_tell`.
 """
@@ -30,7 +30,8 @@ def get_config(variant: str = "attention"):
   c.input.crop_padding = 0
   c.input.random_flip = False
   c.model.name = "simple_cnn"  # The encoder backbone.
-  c.model.kwargs.feature = "conv2"  # (B, 16, 16, 64) at 64x64.
+  c.model.kwargs.features = (32, 64, 64)  # SimpleCNN's convolutions (a backbone field).
+  c.model.kwargs.feature = "conv3"  # (B, 8, 8, 64) at 64x64.
   c.model.kwargs.embed_dim = 64
   c.model.kwargs.hidden_dim = 256
   c.model.kwargs.attention_dim = 128

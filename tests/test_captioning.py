@@ -6,6 +6,7 @@ Metric expectations are worked out by hand in the comments. Shape checks use `ja
 so the best sequence is known.
 """
 
+import dataclasses
 import functools
 import math
 import time
@@ -16,6 +17,8 @@ import numpy as np
 import optax
 import pytest
 
+from vision_jax import config as config_lib
+from vision_jax import tasks
 from vision_jax.data.builders import shapes_render
 from vision_jax.evaluate import captioning
 from vision_jax.models import decoding
@@ -194,6 +197,23 @@ def test_captioner_shapes(backbone, feature, attention, grid):
     assert aux["attention"].shape == (2, 5, grid)
   else:
     assert aux == {}
+
+
+def test_model_kwargs_that_are_no_captioner_field_configure_the_backbone():
+  config = config_lib.base_config()
+  config.task = "captioning"
+  config.model.name = "simple_cnn"
+  config.model.kwargs.features = [8, 16, 24]  # SimpleCNN's (a list, as from the command line).
+  config.model.kwargs.feature = "conv3"
+  config.model.kwargs.hidden_dim = 32
+  task = dataclasses.replace(tasks.get_task(config), vocab=Vocabulary.build(["a red circle"]))
+  model = task.build_model(config, builder=None)
+  assert model.hidden_dim == 32 and dict(model.backbone_kwargs) == {"features": (8, 16, 24)}
+  _, aux = jax.eval_shape(model.apply, jax.eval_shape(
+      model.init, _key(0), *[jax.ShapeDtypeStruct(x.shape, x.dtype)
+                             for x in task.init_inputs((32, 32, 3))]),
+      *task.init_inputs((32, 32, 3)))
+  assert aux["attention"].shape == (1, task.max_length - 1, 4 * 4)  # conv3 at 32 px: 4x4.
 
 
 def test_captioner_rejects_pooled_feature_for_attention():

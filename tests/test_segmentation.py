@@ -350,6 +350,31 @@ def test_mock_oxford_pets_trains_one_step_and_draws_predictions(tmp_path):
   assert Image.open(picture).size == (800, 2 * 200 + 50)  # 4 columns, 2 rows, title band.
 
 
+def test_pmap_trains_the_fcn_like_jit(tmp_path):
+  """Under pmap the backbone's BatchNorm runs over the global batch: the same numbers as jit."""
+  results = {}
+  for strategy in ("jit", "pmap"):
+    c = _load_config("shapes_fcn")
+    c.dataset.name = "oxford_iiit_pet"  # Mock data: same random images in both runs.
+    c.dataset.in_memory = False
+    c.segmentation.mask_key = "segmentation_mask"
+    c.input.image_size = 32
+    c.input.batch_size = c.input.eval_batch_size = 16
+    c.input.num_workers = 0
+    c.model.kwargs.widths = (4, 4, 8, 8, 8)
+    c.parallel.strategy = strategy
+    c.optim.name, c.optim.learning_rate = "sgd", 0.1  # Adam would magnify float noise early.
+    c.train.num_steps = 2
+    c.train.progress_bar = False
+    c.segmentation.num_pictures = 0
+    with tfds.testing.mock_data(num_examples=16):
+      results[strategy] = loop.train_and_evaluate(c, str(tmp_path / strategy))
+  assert results["pmap"]["step"] == results["jit"]["step"] == 2
+  for metric in ("loss", "miou", "pixel_accuracy"):
+    np.testing.assert_allclose(results["pmap"][metric], results["jit"][metric], rtol=2e-4,
+                               err_msg=metric)
+
+
 def test_picture_shows_image_truth_and_prediction(tmp_path):
   from vision_jax.viz import segmentation as seg_viz
   rng = np.random.default_rng(5)

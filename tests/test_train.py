@@ -123,7 +123,7 @@ def test_eight_devices_match_one_device():
 
 @pytest.mark.parametrize("field, value, expected", [
     ("model.name", "resnet5", "resnet50"),
-    ("task", "detection", "classification"),
+    ("task", "depth_estimation", "classification"),
     ("optim.name", "adam", "adamw"),
     ("parallel.strategy", "tpu", "pmap"),
     ("train.best_metric", "miou", "top5_accuracy"),

@@ -18,6 +18,7 @@ tokens[:, :-1]. Decoding (`vision_jax.models.decoding`) calls `encode` once, the
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,8 @@ class Captioner(nn.Module):
     coordinates: Append each grid cell's (row, column) in [-1, 1] to its annotation vector, so
       that the attended context says where it is ("left of", "above"); convolutional features
       alone barely encode absolute position.
+    backbone_kwargs: Other fields of the backbone (e.g. `features` of SimpleCNN, `widths` of a
+      small VGG).
     backbone_classes: `num_classes` of the backbone's head, which the captioner never uses. Set
       it to a classification checkpoint's to load that checkpoint's params as they are.
     dtype: Computation dtype (e.g. jnp.bfloat16); logits and attention weights stay float32.
@@ -64,6 +67,7 @@ class Captioner(nn.Module):
   gate: bool = True
   dropout_rate: float = 0.0
   backbone_classes: int = 1
+  backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
   coordinates: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -73,7 +77,7 @@ class Captioner(nn.Module):
         n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     self.encoder = models.get_model(
         self.backbone, num_classes=self.backbone_classes, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        param_dtype=self.param_dtype, **self.backbone_kwargs)
     self.init_h = dense(self.hidden_dim, "init_h")
     self.init_c = dense(self.hidden_dim, "init_c")
     self.embed = nn.Embed(

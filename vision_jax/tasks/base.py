@@ -58,7 +58,13 @@ class Task:
     return (batch["image"],)
 
   def loss(self, outputs: Any, batch: dict) -> tuple[jax.Array, dict]:
-    """`(total loss to minimise, metrics)`; metrics are scalar means and include `loss`."""
+    """`(total loss to minimise, metrics)`; metrics are scalar means and include `loss`.
+
+    Metrics may include `weight`: how many items (pixels, tokens) the means are over, when that
+    differs between batches. The train step then weighs devices (pmap) and micro-batches
+    (gradient accumulation) by it, so their average is the mean over the whole batch (as one
+    global-batch step computes it). Without it every device and micro-batch weighs the same.
+    """
     raise NotImplementedError
 
   def eval_sums(self, outputs: Any, batch: dict) -> dict:

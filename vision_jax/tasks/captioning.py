@@ -12,6 +12,7 @@ import functools
 import os
 from typing import ClassVar
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -115,8 +116,16 @@ class CaptioningTask(base.Task):
 
   def build_model(self, config: ml_collections.ConfigDict,
                   builder: tfds.core.DatasetBuilder) -> nn.Module:
-    return captioner.Captioner(backbone=config.model.name, vocab_size=len(self.vocab),
-                               dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+    """A `Captioner` over the backbone `config.model.name`: `config.model.kwargs` that are no
+    field of `Captioner` (e.g. `features` of SimpleCNN) go to the backbone."""
+    fields = {f.name for f in dataclasses.fields(captioner.Captioner)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.kwargs.items()}
+    backbone_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
+    return captioner.Captioner(
+        backbone=config.model.name, vocab_size=len(self.vocab),
+        dtype=jnp.dtype(config.model.dtype),
+        backbone_kwargs=flax.core.FrozenDict(backbone_kwargs),
+        **{k: v for k, v in kwargs.items() if k in fields})
 
   def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
     return (jnp.zeros((1, *image_shape), jnp.float32),
@@ -135,7 +144,7 @@ class CaptioningTask(base.Task):
           aux["attention"], targets, self.vocab.pad_id)
     real = targets != self.vocab.pad_id
     accuracy = jnp.sum((jnp.argmax(logits, -1) == targets) & real) / jnp.maximum(real.sum(), 1)
-    return total, {"loss": loss, "token_accuracy": accuracy}
+    return total, {"loss": loss, "token_accuracy": accuracy, "weight": real.sum()}
 
   def eval_sums(self, outputs, batch: dict) -> dict:
     logits, _ = outputs

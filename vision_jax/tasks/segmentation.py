@@ -142,7 +142,7 @@ class SegmentationTask(base.Task):
     mean_loss = loss.sum() / jnp.maximum(weight.sum(), 1e-6)
     valid = labels >= 0
     hits = (jnp.argmax(logits, -1) == labels) & valid
-    return mean_loss, {"loss": mean_loss,
+    return mean_loss, {"loss": mean_loss, "weight": weight.sum(),
                        "pixel_accuracy": hits.sum() / jnp.maximum(valid.sum(), 1)}
 
   def eval_sums(self, outputs, batch: dict) -> dict:

@@ -58,7 +58,8 @@ def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: f
     grad_accum_steps: micro-batches the batch is split into; their gradients are averaged, so
       the update equals the whole batch's (BatchNorm sees micro-batches, as on smaller devices).
     axis_name: pmap's device axis, over which gradients, statistics and metrics are averaged;
-      None under `jit`.
+      None under `jit`. Micro-batches and devices weigh by the `weight` the task's loss reports
+      (e.g. counted pixels or tokens), so their average is the mean over the whole batch.
 
   Returns:
     The new state and this step's metrics, scalar means over the batch: the task's (e.g.
@@ -67,24 +68,35 @@ def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: f
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # Different dropout masks on different devices.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  grad_fn = functools.partial(_gradients, state, task=task)
+
+  def weighted(batch_stats, micro_batch, rng):
+    """Gradients and metrics times the part's weight (`Task.loss`), and that weight."""
+    grads, batch_stats, metrics = _gradients(state, batch_stats, micro_batch, rng, task)
+    weight = jnp.asarray(metrics.pop("weight", 1.0), jnp.float32)
+    scale = lambda tree: jax.tree.map(lambda x: x * weight, tree)  # noqa: E731
+    return (scale(grads), scale(metrics), weight), batch_stats
+
   if grad_accum_steps == 1:
-    grads, batch_stats, metrics = grad_fn(state.batch_stats, batch, rng)
+    sums, batch_stats = weighted(state.batch_stats, batch, rng)
   else:
     def accumulate(carry, micro):
-      grad_sum, stats = carry
+      sums, stats = carry
       index, micro_batch = micro
-      grads, stats, metrics = grad_fn(stats, micro_batch, jax.random.fold_in(rng, index))
-      return (jax.tree.map(jnp.add, grad_sum, grads), stats), metrics
+      part, stats = weighted(stats, micro_batch, jax.random.fold_in(rng, index))
+      return (jax.tree.map(jnp.add, sums, part), stats), None
 
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    (grad_sum, batch_stats), metrics = jax.lax.scan(
+    zeros = jax.eval_shape(weighted, state.batch_stats, batch, rng)[0]
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+    (sums, batch_stats), _ = jax.lax.scan(
         accumulate, (zeros, state.batch_stats),
         (jnp.arange(grad_accum_steps), _micro_batches(batch, grad_accum_steps)))
-    grads = jax.tree.map(lambda g: g / grad_accum_steps, grad_sum)
-    metrics = jax.tree.map(jnp.mean, metrics)
   if axis_name is not None:
-    grads, batch_stats, metrics = jax.lax.pmean((grads, batch_stats, metrics), axis_name)
+    sums = jax.lax.psum(sums, axis_name)
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  grad_sum, metric_sum, total = sums
+  # Weighted means over micro-batches and devices: the whole batch's means, as under jit.
+  grads, metrics = jax.tree.map(lambda x: jnp.where(total > 0, x / total, 0.0),
+                                (grad_sum, metric_sum))
   metrics["grad_norm"] = optax.tree.norm(grads)
   return state.apply_gradients(grads, batch_stats, ema_decay), metrics
 
