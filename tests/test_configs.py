@@ -47,6 +47,7 @@ def test_config_loads_validates_and_builds(path):
     inputs[1] = jax.ShapeDtypeStruct((2, *inputs[1].shape[1:]), inputs[1].dtype)
   outputs, _ = jax.eval_shape(
       lambda *x: model.apply(model.init(jax.random.key(0), *x), *x), *inputs)
+  outputs = jax.tree.leaves(outputs)[0]  # Detection: a dict of arrays, `boxes` first.
   assert outputs.shape[0] == 2 and outputs.dtype == jnp.float32
 
 

@@ -112,6 +112,43 @@ def base_config() -> ml_collections.ConfigDict:
   c.segmentation.class_weights = ()  # Loss weight per class; (): every pixel weighs 1.
   c.segmentation.num_pictures = 4  # Eval images drawn to workdir/segmentation/ after each eval.
 
+  # task="detection" only: Faster R-CNN over the backbone model.name (its fields in
+  # model.kwargs); see vision_jax.models.faster_rcnn and vision_jax.tasks.detection. Boxes and
+  # sizes are in pixels of the letterboxed input.image_size images.
+  c.detection = ml_collections.ConfigDict()
+  c.detection.objects_key = "objects"  # The dataset's Sequence feature with bbox and label.
+  c.detection.class_names = ()  # (): the dataset's <objects_key>/label names.
+  c.detection.max_boxes = 100  # Ground-truth boxes per image (static padding; extra dropped).
+  c.detection.feature_strides = (8, 16)  # Backbone stages the neck merges (top-down); the
+  # RPN and RoIAlign read the merged map at the finest stride.
+  c.detection.feature_width = 256  # Channels of that map.
+  c.detection.anchor_sizes = (32.0, 64.0, 128.0, 256.0)  # Square root of anchor areas, pixels.
+  c.detection.anchor_ratios = (0.5, 1.0, 2.0)  # Anchor height / width.
+  c.detection.rpn_width = 256  # The RPN's 3x3 convolution.
+  c.detection.rpn_batch_size = 256  # Anchors sampled per image for the RPN losses.
+  c.detection.rpn_positive_fraction = 0.5  # Their largest positive share.
+  c.detection.rpn_positive_iou = 0.7  # Anchors with IoU >= this (or best for a box): positive.
+  c.detection.rpn_negative_iou = 0.3  # Anchors with best IoU < this: negative.
+  c.detection.rpn_pre_nms_train = 2000  # Proposals by objectness before NMS, training.
+  c.detection.rpn_post_nms_train = 512  # Kept after NMS, training.
+  c.detection.rpn_pre_nms_test = 1000  # The same in evaluation.
+  c.detection.rpn_post_nms_test = 300
+  c.detection.rpn_nms_iou = 0.7
+  c.detection.rpn_min_size = 1.0  # Smallest proposal side (pixels).
+  c.detection.roi_batch_size = 128  # RoIs sampled per image for the box head, training.
+  c.detection.roi_positive_fraction = 0.25  # Their largest foreground share.
+  c.detection.roi_foreground_iou = 0.5  # RoIs with IoU >= this are foreground.
+  c.detection.pooled_size = 7  # RoIAlign output side.
+  c.detection.sampling_ratio = 2  # RoIAlign samples per bin and axis.
+  c.detection.head_width = 1024  # The box head's two dense layers.
+  c.detection.smooth_l1_beta = 0.0  # Box losses' smooth L1 beta; 0 is L1.
+  c.detection.loss_weights = (1.0, 1.0, 1.0, 1.0)  # RPN objectness, RPN box, R-CNN class, box.
+  c.detection.score_threshold = 0.05  # Smallest class probability kept as a detection.
+  c.detection.nms_iou = 0.5  # Class-aware NMS of the detections.
+  c.detection.max_detections = 100  # Detections per image.
+  c.detection.eval_max_detections = 100  # Per image and class, counted by the mAP (COCO: 100).
+  c.detection.num_pictures = 4  # Eval images drawn to workdir/detection/ after each eval.
+
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "jit"  # "jit": one Mesh, XLA partitions; "pmap": replicated + pmean.
   c.parallel.fsdp = 1  # jit only: devices per parameter-sharding group (FSDP); 1 = replicate.
@@ -162,6 +199,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
           f'config.input.train_crop="pad" with crop_padding={config.input.crop_padding} pads '
           'masks with 0, a class; for segmentation use train_crop="random_scale" (it pads masks '
           "with 255, ignored) or crop_padding=0.")
+  if config.task == "detection":
+    _validate_detection(config)
   if not 0 < config.input.center_crop_fraction <= 1:
     raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
                      "must be in (0, 1].")
@@ -208,3 +247,52 @@ def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
   if s.head_width < 0 or s.head_kernel < 1 or s.num_pictures < 0:
     raise ValueError("config.segmentation.head_width and num_pictures must be >= 0 and "
                      f"head_kernel >= 1; got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")
+
+
+def _validate_detection(config: ml_collections.ConfigDict) -> None:
+  """Checks the `detection` section and the input settings detection needs (see `validate`)."""
+  d, i = config.detection, config.input
+  if i.train_crop != "pad" or i.crop_padding:
+    raise ValueError(
+        f"config.input.train_crop={i.train_crop!r} with crop_padding={i.crop_padding} would "
+        "move pixels but not boxes; detection supports only horizontal flips "
+        '(input.random_flip): set input.train_crop="pad" and input.crop_padding=0.')
+  if i.image_size is None or i.center_crop_fraction != 1:
+    raise ValueError("Detection letterboxes every image to config.input.image_size (set it, "
+                     f"e.g. 64 or 512; got {i.image_size}) and needs "
+                     f"input.center_crop_fraction=1.0 (got {i.center_crop_fraction}): a crop "
+                     "would cut boxes.")
+  if d.max_boxes < 1 or d.max_detections < 1 or d.eval_max_detections < 1:
+    raise ValueError("config.detection.max_boxes, max_detections and eval_max_detections must "
+                     f"be >= 1; got {d.max_boxes}, {d.max_detections}, {d.eval_max_detections}.")
+  strides = tuple(d.feature_strides)
+  if not strides or any(s < 1 or s & (s - 1) for s in strides) or len(set(strides)) != len(
+      strides):
+    raise ValueError(f"config.detection.feature_strides={strides} must be distinct powers of "
+                     "two, e.g. (4, 8) or (8, 16).")
+  if not d.anchor_sizes or min(d.anchor_sizes) <= 0 or not d.anchor_ratios or min(
+      d.anchor_ratios) <= 0:
+    raise ValueError(f"config.detection.anchor_sizes={d.anchor_sizes} and anchor_ratios="
+                     f"{d.anchor_ratios} must be non-empty and positive.")
+  if not 0 <= d.rpn_negative_iou <= d.rpn_positive_iou <= 1:
+    raise ValueError(f"config.detection.rpn_negative_iou={d.rpn_negative_iou} and "
+                     f"rpn_positive_iou={d.rpn_positive_iou} need 0 <= negative <= positive <= 1.")
+  for name in ("rpn_positive_fraction", "roi_positive_fraction", "roi_foreground_iou",
+               "rpn_nms_iou", "nms_iou"):
+    if not 0 < d[name] <= 1:
+      raise ValueError(f"config.detection.{name}={d[name]} must be in (0, 1].")
+  if not 0 <= d.score_threshold < 1:
+    raise ValueError(f"config.detection.score_threshold={d.score_threshold} must be in [0, 1).")
+  for pre, post in (("rpn_pre_nms_train", "rpn_post_nms_train"),
+                    ("rpn_pre_nms_test", "rpn_post_nms_test")):
+    if not 1 <= d[post] <= d[pre]:
+      raise ValueError(f"config.detection.{post}={d[post]} must be in [1, {pre}={d[pre]}].")
+  for name in ("rpn_batch_size", "roi_batch_size", "pooled_size", "sampling_ratio",
+               "head_width", "feature_width", "rpn_width"):
+    if d[name] < 1:
+      raise ValueError(f"config.detection.{name}={d[name]} must be >= 1.")
+  if len(d.loss_weights) != 4 or min(d.loss_weights) < 0:
+    raise ValueError(f"config.detection.loss_weights={d.loss_weights} must hold 4 "
+                     "non-negative weights (RPN objectness, RPN box, R-CNN class, R-CNN box).")
+  if d.num_pictures < 0:
+    raise ValueError(f"config.detection.num_pictures={d.num_pictures} must be >= 0.")

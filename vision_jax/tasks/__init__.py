@@ -5,12 +5,14 @@ import ml_collections
 from vision_jax.tasks.base import Task
 from vision_jax.tasks.captioning import CaptioningTask
 from vision_jax.tasks.classification import ClassificationTask
+from vision_jax.tasks.detection import DetectionTask
 from vision_jax.tasks.segmentation import SegmentationTask
 
 # `config.task` → class with `from_config(config)`. Add new tasks here.
 TASKS = {
     "captioning": CaptioningTask,
     "classification": ClassificationTask,
+    "detection": DetectionTask,
     "segmentation": SegmentationTask,
 }
 
@@ -26,4 +28,4 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
   return TASKS[config.task].from_config(config)
 
 
-__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "Task", "get_task"]
+__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "DetectionTask", "Task", "get_task"]
