@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from vision_jax import config as config_lib
-from vision_jax.data import pipeline
+from vision_jax.data import pipeline, transforms
 from vision_jax.evaluate import detection as det_metrics
 from vision_jax.models import detection_targets, faster_rcnn
 from vision_jax.ops import anchors as anchor_ops
@@ -482,6 +482,14 @@ def test_example_transform_letterboxes_pads_and_drops_crowd_and_empty_boxes():
   ex["objects"]["is_crowd"].append(False)
   out = detection.DetectionTask(image_size=32, max_boxes=2).example_transform(ex)
   np.testing.assert_array_equal(out["labels"], [4, -1])
+
+
+def test_flip_mirrors_real_boxes_and_leaves_padding_rows():
+  batch = {"image": np.zeros((2, 8, 10, 1)),
+           "boxes": np.float32([[[1, 2, 5, 4], [0, 0, 0, 0]], [[1, 2, 5, 4], [0, 0, 0, 0]]])}
+  out = transforms.flip_where(batch, np.array([True, False]))
+  np.testing.assert_array_equal(out["boxes"][0], [[1, 6, 5, 8], [0, 0, 0, 0]])  # 10 - 4, 10 - 2.
+  np.testing.assert_array_equal(out["boxes"][1], batch["boxes"][1])
 
 
 def test_pipeline_flips_move_the_boxes_with_the_images():

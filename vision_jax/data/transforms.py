@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 _GEOMETRIC_KEYS = ("image", "mask")
+# Boxes in pixels that flips move with the image (detection); crops and scales do not move them.
+BOXES_KEY = "boxes"
 # Mask value of pixels outside the image (padding of `random_scale_crop`): no class, so
 # segmentation ignores them, as VOC's 255.
 MASK_FILL = 255
@@ -59,13 +61,23 @@ def pad_and_crop(batch: dict, offsets: np.ndarray, padding: int) -> dict:
 
 
 def flip_where(batch: dict, flip: np.ndarray) -> dict:
-  """Flips left-right the examples of a batch where `flip` (B,) is True."""
+  """Flips left-right the examples of a batch where `flip` (B,) is True.
+
+  Moves `image`, `mask` and, when present, `boxes` (B, M, 4) (ymin, xmin, ymax, xmax) in pixels
+  of the batch's images; empty rows (padding) stay as they are.
+  """
   out = dict(batch)
   for key in _GEOMETRIC_KEYS:
     if key in batch:
       x = batch[key]
       where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
       out[key] = np.where(where, x[:, :, ::-1], x)
+  if BOXES_KEY in batch:
+    boxes, width = batch[BOXES_KEY], batch["image"].shape[2]
+    mirrored = np.stack([boxes[..., 0], width - boxes[..., 3], boxes[..., 2],
+                         width - boxes[..., 1]], axis=-1)
+    real = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, M)
+    out[BOXES_KEY] = np.where((flip[:, None] & real)[..., None], mirrored, boxes)
   return out
 
 

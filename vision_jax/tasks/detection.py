@@ -8,12 +8,10 @@ zero padding at the bottom/right), turns its boxes into pixels of that image and
 `max_boxes` rows (labels -1 on padding; boxes past `max_boxes` are dropped, as are crowd
 boxes (`is_crowd`) and empty boxes).
 
-Flips: the pipeline's per-record random flip moves `image` and `mask`. Boxes are no pixels, so
-each example also carries a two-pixel "flip probe" under the key `mask` (0 left, 255 right);
-the same flip reverses it, and `model_inputs` mirrors the boxes of the images whose probe was
-reversed. The flip is thus the pipeline's own, drawn from the record's global position: the
-stream stays deterministic and resumable. Other geometric augmentation (crops, scales) would
-move pixels without the boxes and is rejected by `config.validate`.
+Flips: the pipeline's per-record random flip (drawn from the record's global position, so the
+stream stays deterministic and resumable) moves `image` and the pixel `boxes` together
+(`transforms.flip_where`). Other geometric augmentation (crops, scales) would move pixels
+without the boxes and is rejected by `config.validate`.
 
 Evaluation: `eval_sums` only counts images and detections; `evaluate_more` runs the detector
 over the whole eval split on every process (replicated, as captioning decodes) and computes
@@ -36,13 +34,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vision_jax.data import pipeline
+from vision_jax.data import pipeline, transforms
 from vision_jax.evaluate import detection as det_metrics
 from vision_jax.models import faster_rcnn
 from vision_jax.tasks import base
 from vision_jax.train import parallel
 
-FLIP_PROBE_KEY = "mask"  # A key the pipeline's geometric transforms move with the image.
 LOSSES = ("rpn_objectness", "rpn_box", "rcnn_class", "rcnn_box")
 # `config.detection` fields that are `FasterRCNN` fields of the same name.
 MODEL_FIELDS = (
@@ -69,13 +66,6 @@ def letterbox(image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[in
   canvas = np.zeros((size, size) + image.shape[2:], image.dtype)
   canvas[:new_h, :new_w] = resized
   return canvas, (new_h, new_w)
-
-
-def flip_boxes(boxes: jax.Array, flipped: jax.Array, width: int) -> jax.Array:
-  """Mirrors (B, M, 4) pixel boxes left-right where `flipped` (B,) is True."""
-  mirrored = jnp.stack([boxes[..., 0], width - boxes[..., 3], boxes[..., 2],
-                        width - boxes[..., 1]], axis=-1)
-  return jnp.where(flipped[:, None, None], mirrored, boxes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +127,7 @@ class DetectionTask(base.Task):
     return self
 
   def example_transform(self, example: dict) -> dict:
-    """Letterboxed image, padded pixel boxes (M, 4) and labels (M,), and the flip probe."""
+    """Letterboxed image, padded pixel boxes (M, 4) and labels (M,)."""
     image, (h, w) = letterbox(example["image"], self.image_size)
     objects = example[self.objects_key]
     boxes = np.asarray(objects["bbox"], np.float32).reshape(-1, 4) * np.float32([h, w, h, w])
@@ -152,9 +142,8 @@ class DetectionTask(base.Task):
     padded_boxes[:n] = boxes
     padded_labels = np.full((self.max_boxes,), -1, np.int32)
     padded_labels[:n] = labels
-    probe = np.array([0, 255], np.uint8).reshape(1, 2, 1)
-    return {"image": image, "boxes": padded_boxes, "labels": padded_labels,
-            FLIP_PROBE_KEY: probe}
+    # The pipeline's flips move `transforms.BOXES_KEY` with the image.
+    return {"image": image, transforms.BOXES_KEY: padded_boxes, "labels": padded_labels}
 
   def build_model(self, config: ml_collections.ConfigDict,
                   builder: tfds.core.DatasetBuilder | None) -> nn.Module:
@@ -177,11 +166,7 @@ class DetectionTask(base.Task):
             jnp.full((1, self.max_boxes), -1, jnp.int32))
 
   def model_inputs(self, batch: dict) -> tuple:
-    """Images, and boxes mirrored where the pipeline flipped the image, and labels."""
-    probe = batch[FLIP_PROBE_KEY]  # (B, 1, 2, 1): reversed where flipped.
-    flipped = probe[:, 0, 0, 0] > probe[:, 0, -1, 0]
-    boxes = flip_boxes(batch["boxes"], flipped, batch["image"].shape[2])
-    return batch["image"], boxes, batch["labels"]
+    return batch["image"], batch["boxes"], batch["labels"]  # (B, H, W, C), (B, M, 4), (B, M)
 
   def loss(self, outputs, batch: dict) -> tuple[jax.Array, dict]:
     losses, _ = outputs
