@@ -36,23 +36,6 @@ from vision_jax.ops import boxes as box_ops
 from vision_jax.ops.roi_align import roi_align
 
 
-def _backbone_features(backbone: nn.Module, x: jax.Array, train: bool) -> dict:
-  """The backbone's named features, skipping its dense classifier and dropout (as FCN does)."""
-
-  def skip_classifier(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == "__call__" and module.parent is backbone:
-      if isinstance(module, nn.Dense):
-        return jnp.zeros(args[0].shape[:-1] + (module.features,), x.dtype)
-      if isinstance(module, nn.Dropout):
-        return args[0]
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(skip_classifier):
-    _, features = backbone(x, train=train)
-  return features
-
-
 def propose(logits: jax.Array, deltas: jax.Array, anchors: jax.Array, height: int, width: int,
             pre_nms: int, post_nms: int, nms_iou: float,
             min_size: float) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +184,7 @@ class FasterRCNN(nn.Module):
     backbone = models.MODELS[self.backbone](num_classes=1, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name="backbone",
                                             **kwargs)
-    features = _backbone_features(backbone, images, train)
+    features = fcn.backbone_features(backbone, images, train)
     strides = tuple(sorted(self.feature_strides, reverse=True))  # Coarsest first.
     names = fcn.stages_by_stride(features, images.shape[1], strides)
     y = self._conv(self.feature_width, 1, f"lateral{strides[0]}")(features[names[0]])

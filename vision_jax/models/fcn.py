@@ -159,6 +159,27 @@ def stages_by_stride(features: Mapping[str, jax.Array], input_size: int,
   return tuple(picked)
 
 
+def backbone_features(backbone: nn.Module, x: jax.Array, train: bool) -> dict:
+  """The backbone's named features without its classifier: its own dense layers are skipped
+  (zeros out, so they create no parameters) and so is their dropout.
+
+  Call it inside the parent module's `__call__` (compact) with the backbone it defined.
+  """
+
+  def skip_classifier(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and module.parent is backbone:
+      if isinstance(module, nn.Dense):
+        return jnp.zeros(args[0].shape[:-1] + (module.features,), backbone.dtype)
+      if isinstance(module, nn.Dropout):
+        return args[0]
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(skip_classifier):
+    _, features = backbone(x, train=train)
+  return features
+
+
 class FCN(nn.Module):
   """Fully convolutional network over a registry backbone.
 
@@ -217,18 +238,7 @@ class FCN(nn.Module):
                                             param_dtype=self.param_dtype, name="backbone",
                                             **kwargs)
 
-    def skip_classifier(next_fun, args, kwargs, context):
-      """Skips the backbone's own dense layers (zeros out, no parameters) and their dropout."""
-      module = context.module
-      if context.method_name == "__call__" and module.parent is backbone:
-        if isinstance(module, nn.Dense):
-          return jnp.zeros(args[0].shape[:-1] + (module.features,), self.dtype)
-        if isinstance(module, nn.Dropout):
-          return args[0]
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(skip_classifier):
-      _, features = backbone(x, train=train)
+    features = backbone_features(backbone, x, train)
 
     height, width = x.shape[1:3]
     strides = STRIDES[self.variant]
