@@ -25,6 +25,8 @@ from vision_jax.models import decoding
 from vision_jax.models.captioner import Captioner, attention_penalty, caption_loss
 from vision_jax.text.tokenizer import Vocabulary, split_words
 
+import shipped
+
 
 def _key(seed: int) -> jax.Array:
   # "rbg" compiles much faster than threefry on CPU; which random values we get does not matter.
@@ -380,17 +382,12 @@ def test_attention_captioner_memorises_sixteen_scenes():
 def test_captioning_task_trains_evaluates_and_resumes_through_the_loop(tmp_path,
                                                                        tiny_shapes_dir):
   """configs/shapes_captioning.py, smaller: vocabulary saved, BLEU/CIDEr/perplexity, pictures."""
-  import importlib.util
   import json
   import os
 
   from vision_jax.train import loop
 
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "shapes_captioning.py")
-  spec = importlib.util.spec_from_file_location("shapes_captioning", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = shipped.load_config("shapes_captioning")
   c.dataset.name = "synthetic_shapes/tiny32"
   c.dataset.data_dir = tiny_shapes_dir
   c.dataset.prepare = False
@@ -419,18 +416,11 @@ def test_captioning_task_trains_evaluates_and_resumes_through_the_loop(tmp_path,
 
 def test_coco_captions_config_runs_on_mock_data(tmp_path):
   """configs/coco_captioning.py as shipped, only tiny: nested caption feature, 5 references."""
-  import importlib.util
-  import os
-
   import tensorflow_datasets as tfds
 
   from vision_jax.train import loop
 
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "coco_captioning.py")
-  spec = importlib.util.spec_from_file_location("coco_captioning", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = shipped.load_config("coco_captioning")
   c.model.name = "simple_cnn"
   c.model.dtype = "float32"
   c.model.kwargs.update(feature="conv2", embed_dim=8, hidden_dim=16, attention_dim=8)

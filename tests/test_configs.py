@@ -2,7 +2,6 @@
 
 import dataclasses
 import glob
-import importlib.util
 import os
 import types
 
@@ -15,14 +14,12 @@ from vision_jax import config as config_lib
 from vision_jax import tasks
 from vision_jax.text.tokenizer import Vocabulary
 
+import shipped
+
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
 
 
-def _load(path):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+_load = shipped.load_module  # Takes absolute paths too.
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

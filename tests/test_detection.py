@@ -2,9 +2,7 @@
 R-CNN shapes and static compilation, boxes through the data pipeline, end to end."""
 
 import contextlib
-import importlib.util
 import io
-import os
 
 import chex
 import flax
@@ -26,15 +24,11 @@ from vision_jax.ops.roi_align import roi_align
 from vision_jax.tasks import detection
 from vision_jax.train import loop
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import shipped
 
 
-def _load_config(name, *args):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+
+_load_config = shipped.load_config
 
 
 # --- Box ops ------------------------------------------------------------------------------------

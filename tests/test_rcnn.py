@@ -1,6 +1,5 @@
 """R-CNN: warped crops, proposal labels and sampling, model outputs, loss, detection, training."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,17 +12,14 @@ import pytest
 
 from vision_jax.models import rcnn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import shipped
+
 TINY_CNN = flax.core.FrozenDict(features=(8, 16), hidden=32)
 
 
 def _script():
   """experiments/rcnn_shapes.py as a module."""
-  spec = importlib.util.spec_from_file_location(
-      "rcnn_shapes", os.path.join(REPO, "experiments", "rcnn_shapes.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return shipped.load_module(os.path.join("experiments", "rcnn_shapes.py"))
 
 
 # --- Warping ------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Semantic segmentation: FCN shapes and upsampling, loss, exact mIoU, data, end to end."""
 
 import gzip
-import importlib.util
 import os
 import struct
 
@@ -20,7 +19,8 @@ from vision_jax.models import fcn
 from vision_jax.tasks import segmentation
 from vision_jax.train import loop, parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import shipped
+
 SMALL_VGG = ("vgg11_bn", {"widths": (8, 8, 16, 16, 16)})
 SMALL_RESNET = ("resnet18", {"num_filters": 8})
 
@@ -320,12 +320,7 @@ def test_fashion_scenes_builder_stores_the_rendered_scenes(tmp_path):
 # --- End to end ---------------------------------------------------------------------------------
 
 
-def _load_config(name, *args):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+_load_config = shipped.load_config
 
 
 def test_mock_oxford_pets_trains_one_step_and_draws_predictions(tmp_path):

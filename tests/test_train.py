@@ -1,6 +1,5 @@
 """Training loop, steps and config checks, on 8 fake CPU devices and TFDS mock data."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,8 @@ from vision_jax import config as config_lib
 from vision_jax import models, tasks
 from vision_jax.train import checkpoint, loop, parallel, steps
 from vision_jax.train.state import create_train_state
+
+import shipped
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,11 +53,7 @@ def test_one_step_end_to_end_on_mock_data(tmp_path, dataset):
 
 def test_imagenet_config_trains_on_variable_size_mock_images(tmp_path):
   """configs/imagenet.py as shipped, only smaller: random-resized crops of JPEGs of any size."""
-  spec = importlib.util.spec_from_file_location("imagenet", os.path.join(REPO, "configs",
-                                                                         "imagenet.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("resnet18")
+  c = shipped.load_config("imagenet", "resnet18")
   c.input.image_size = 48
   c.input.batch_size = c.input.eval_batch_size = 16
   c.input.num_workers = 0
