@@ -10,41 +10,24 @@ grid that an LSTM with soft attention reads. No flips or crops: they would make 
 The argument picks `attention` (default) or `show_and_tell`.
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 
 
 def get_config(variant: str = "attention"):
-  if variant not in ("attention", "show_and_tell"):
-    raise ValueError(f"Unknown variant {variant!r}; valid choices: ['attention', "
-                     "'show_and_tell']")
   c = base_config()
-  c.task = "captioning"
+  recipes.small_captioner(c, variant)
   c.dataset.name = "fashion_scenes/size64"
   c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
-  c.dataset.in_memory = True
   c.input.image_size = 64
   c.input.mean = (0.366,)
   c.input.std = (0.218,)
   c.input.batch_size = 128
   c.input.eval_batch_size = 512
-  c.input.crop_padding = 0
-  c.input.random_flip = False
-  c.model.name = "simple_cnn"  # The encoder backbone.
   c.model.kwargs.features = (32, 64, 64)  # SimpleCNN's convolutions (a backbone field).
   c.model.kwargs.feature = "conv3"  # (B, 8, 8, 64) at 64x64.
-  c.model.kwargs.embed_dim = 64
-  c.model.kwargs.hidden_dim = 256
-  c.model.kwargs.attention_dim = 128
-  c.model.kwargs.attention = variant == "attention"
-  c.optim.name = "adamw"
-  c.optim.learning_rate = 3e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_steps = 200
-  c.optim.grad_clip_norm = 1.0
   c.captioning.max_length = 16
-  c.captioning.eval_examples = 1000
   c.train.num_steps = 1000  # 128k scenes, 6.4 epochs.
   c.train.eval_every = 500
   c.train.checkpoint_every = 500
-  c.train.best_metric = "bleu4"
   return c

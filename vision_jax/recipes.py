@@ -73,3 +73,35 @@ def large_scale_classification(c: ml_collections.ConfigDict, model: str,
   c.train.log_every = 100
   c.train.eval_every = 5000
   c.train.checkpoint_every = 2500
+
+
+def small_captioner(c: ml_collections.ConfigDict, variant: str) -> None:
+  """A small CPU-sized captioner: task, SimpleCNN encoder, LSTM decoder, AdamW, no geometric
+  augmentation (flips and crops would make "left of" captions wrong), BLEU-4 as the best metric.
+
+  Args:
+    c: the config to set (the dataset, image size and encoder stage stay the caller's).
+    variant: "attention" (Show, Attend and Tell) or "show_and_tell" (one pooled vector).
+
+  Raises:
+    ValueError: for another variant.
+  """
+  if variant not in ("attention", "show_and_tell"):
+    raise ValueError(f"Unknown variant {variant!r}; valid choices: ['attention', "
+                     "'show_and_tell']")
+  c.task = "captioning"
+  c.dataset.in_memory = True
+  c.input.crop_padding = 0
+  c.input.random_flip = False
+  c.model.name = "simple_cnn"  # The encoder backbone.
+  c.model.kwargs.embed_dim = 64
+  c.model.kwargs.hidden_dim = 256
+  c.model.kwargs.attention_dim = 128
+  c.model.kwargs.attention = variant == "attention"
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 3e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 200
+  c.optim.grad_clip_norm = 1.0
+  c.captioning.eval_examples = 1000
+  c.train.best_metric = "bleu4"
