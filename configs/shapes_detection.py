@@ -12,45 +12,18 @@ images. Eval reports COCO-style mAP@[.5:.95], mAP@.5 and mAP@.75 over the 2,000 
 pictures (ground truth | predictions) go to workdir/detection/.
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 from vision_jax.data.builders import shapes_render
 
 
 def get_config():
   c = base_config()
-  c.task = "detection"
+  recipes.small_detector(c)
   c.dataset.name = "synthetic_shapes/size64"
-  c.dataset.in_memory = True
-  c.input.image_size = 64
-  c.input.crop_padding = 0  # Flips only: crops would move pixels but not boxes.
-  c.input.batch_size = 32
-  c.input.eval_batch_size = 200
-  c.model.name = "vgg11_bn"
-  c.model.kwargs.widths = (16, 32, 64, 16, 16)
-  d = c.detection
-  d.class_names = shapes_render.SHAPES
-  d.max_boxes = 4  # At most 3 objects per scene.
-  d.feature_strides = (4, 8)
-  d.feature_width = 64
-  d.anchor_sizes = (8.0, 16.0, 32.0)
-  d.anchor_ratios = (0.5, 1.0, 2.0)
-  d.rpn_width = 64
-  d.rpn_pre_nms_train = 300
-  d.rpn_post_nms_train = 48
-  d.rpn_pre_nms_test = 300
-  d.rpn_post_nms_test = 32
-  d.roi_batch_size = 32
-  d.head_width = 128
-  d.max_detections = 20
-  d.eval_max_detections = 20
-  c.optim.name = "adamw"
-  c.optim.learning_rate = 2e-3
-  c.optim.weight_decay = 1e-4
-  c.optim.warmup_steps = 100
-  c.optim.grad_clip_norm = 10.0
+  c.detection.class_names = shapes_render.SHAPES
+  c.detection.anchor_sizes = (8.0, 16.0, 32.0)
   c.train.num_steps = 600  # 19k images, about one epoch.
   c.train.eval_every = 300
   c.train.checkpoint_every = 300
-  c.train.log_every = 50
-  c.train.best_metric = "map50"
   return c

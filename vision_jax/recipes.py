@@ -105,3 +105,39 @@ def small_captioner(c: ml_collections.ConfigDict, variant: str) -> None:
   c.optim.grad_clip_norm = 1.0
   c.captioning.eval_examples = 1000
   c.train.best_metric = "bleu4"
+
+
+def small_detector(c: ml_collections.ConfigDict) -> None:
+  """A CPU-sized Faster R-CNN for 64x64 scenes of up to 3 objects: letterbox to 64, flips only
+  (crops would move pixels but not boxes), a narrow VGG-11-BN read at strides 4 and 8, a small
+  RPN and box head, AdamW, mAP@.5 as the best metric. The caller sets the dataset, the anchor
+  sizes and the schedule."""
+  c.task = "detection"
+  c.dataset.in_memory = True
+  c.input.image_size = 64
+  c.input.crop_padding = 0
+  c.input.batch_size = 32
+  c.input.eval_batch_size = 200
+  c.model.name = "vgg11_bn"
+  c.model.kwargs.widths = (16, 32, 64, 16, 16)  # Stages 4 and 5 are not read: narrow.
+  d = c.detection
+  d.max_boxes = 4  # At most 3 objects per scene.
+  d.feature_strides = (4, 8)
+  d.feature_width = 64
+  d.anchor_ratios = (0.5, 1.0, 2.0)
+  d.rpn_width = 64
+  d.rpn_pre_nms_train = 300
+  d.rpn_post_nms_train = 48
+  d.rpn_pre_nms_test = 300
+  d.rpn_post_nms_test = 32
+  d.roi_batch_size = 32
+  d.head_width = 128
+  d.max_detections = 20
+  d.eval_max_detections = 20
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 2e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 100
+  c.optim.grad_clip_norm = 10.0
+  c.train.log_every = 50
+  c.train.best_metric = "map50"
