@@ -20,7 +20,8 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vision_jax import models
+from vision_jax import errors, models
+from vision_jax.models import torch_import
 from vision_jax.data import datasets, transforms
 
 _STATE_ITEM = "state"  # The train state's item name in `checkpoint.Checkpointer`'s composite.
@@ -185,3 +186,24 @@ def read_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   image = np.asarray(Image.open(path).convert("L" if c == 1 else "RGB"))
   image = image[..., None] if c == 1 else image
   return transforms.resize_and_center_crop({"image": image}, h)["image"]
+
+
+def read_weights(path: str) -> dict:
+  """`{"params", "batch_stats"}` (numpy) to start training from (`config.model.init_from`).
+
+  Args:
+    path: a directory written by `python -m vision_jax.models.torch_import`, or a training
+      workdir (its newest checkpoint's weights: the EMA ones when the run kept them).
+
+  Raises:
+    errors.UserError: when `path` is neither.
+  """
+  path = os.path.abspath(path)
+  checkpoints = os.path.join(path, "checkpoints")
+  if os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(checkpoints):
+    return restore_variables(checkpoints, _checkpoint_step(checkpoints, None))
+  if os.path.isfile(os.path.join(path, "_METADATA")):
+    return torch_import.load_converted(path)
+  raise errors.UserError(
+      f"config.model.init_from={path!r} is neither a training workdir (config.json and "
+      "checkpoints/) nor a directory written by `python -m vision_jax.models.torch_import`.")

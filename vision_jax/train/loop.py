@@ -1,14 +1,17 @@
 """The training loop of every task: data → compiled steps → metrics, checkpoints, plots.
 
-A workdir that holds a checkpoint resumes from it (the state; the data position follows from the
-step), so rerunning the same command after a crash, a SIGKILL or a preemption continues exactly
-where the last checkpoint left off, on any number of devices or processes. SIGTERM saves a checkpoint first, then returns.
+A workdir that holds a checkpoint resumes from the newest intact one (the state; the data
+position follows from the step), so rerunning the same command after a crash, a SIGKILL or a
+preemption continues exactly where the last checkpoint left off, on any number of devices or
+processes. SIGTERM saves a checkpoint first, then returns. A rerun whose config changes what the
+workdir trains is refused before anything is written (`vision_jax.train.workdir`); NaN/inf
+stops the run with the last good checkpoint kept (`vision_jax.train.checkpoint`).
 """
 
-import json
 import math
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -19,12 +22,11 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from vision_jax import config as config_lib
-from vision_jax import tasks
+from vision_jax import errors, tasks
 from vision_jax.data import datasets, pipeline
-from vision_jax.evaluate import classification
-from vision_jax.train import checkpoint, metric_writer, optim, parallel, steps
-from vision_jax.models import torch_import
-from vision_jax.train.state import create_train_state, load_pretrained
+from vision_jax.train import checkpoint, inference, metric_writer, optim, parallel, steps
+from vision_jax.train import workdir as workdir_lib
+from vision_jax.train.state import load_pretrained, train_state_initializer
 from vision_jax.viz import curves
 
 
@@ -58,15 +60,33 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _mean_metrics(pending: list[dict]) -> dict:
-  """Averages per-step device metrics (one host transfer) and fails on NaN/inf."""
+def _check_metrics(pending: list[dict], step: int, ckpt: checkpoint.Checkpointer) -> dict:
+  """Means of the per-step metrics since the last check (one host transfer), checked finite.
+
+  The metrics of step `t` are computed from the state after step `t - 1`, so finite metrics up
+  to `step` prove every state up to `step - 1` good (`Checkpointer.confirm`), and a non-finite
+  value at step `t` proves the states from `t - 1` on bad: their checkpoints are set aside.
+
+  Raises:
+    FloatingPointError: on the first NaN/inf, after setting aside the checkpoints it condemns.
+  """
   values = jax.device_get(pending)
-  means = {k: float(np.mean([m[k] for m in values])) for k in values[0]}
-  if not all(math.isfinite(v) for v in means.values()):
-    raise FloatingPointError(
-        f"Non-finite training metrics {means}: stopping before the next checkpoint so the last "
-        "good one is kept. Lower optim.learning_rate, set optim.grad_clip_norm, or use float32.")
-  return means
+  first = step - len(values) + 1
+  for offset, metrics in enumerate(values):
+    bad = {k: float(v) for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:
+      bad_step = first + offset
+      moved = ckpt.set_aside(bad_step - 1, "non_finite")
+      latest = ckpt.latest_step()
+      raise FloatingPointError(
+          f"Non-finite training metrics {bad} at step {bad_step} (computed from the state after "
+          f"step {bad_step - 1}). "
+          + (f"Its checkpoints were moved aside: {moved}. " if moved else "")
+          + (f"The last good checkpoint is step {latest}; a rerun resumes there. "
+             if latest is not None else "No good checkpoint is left. ")
+          + "Lower optim.learning_rate, set optim.grad_clip_norm, or use float32.")
+  ckpt.confirm(step - 1)
+  return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
 
 
 def evaluate(eval_step, state, config: ml_collections.ConfigDict, source,
@@ -94,12 +114,47 @@ def _total_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> 
   return max(1, math.ceil(config.train.num_epochs * num_train_examples / config.input.batch_size))
 
 
-def _drop_records_after(path: str, step: int) -> None:
-  """On resume, forgets logged records newer than the restored checkpoint (they recur)."""
-  if jax.process_index() == 0 and os.path.exists(path):
-    kept = [r for r in metric_writer.read_jsonl(path) if r["step"] <= step]
-    with open(path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in kept)
+def _say(message: str, warning: bool = False) -> None:
+  """Prints on process 0 only (warnings to stderr)."""
+  if jax.process_index() == 0:
+    print(("Warning: " if warning else "") + message, file=sys.stderr if warning else sys.stdout,
+          flush=True)
+
+
+def _start_state(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoint.Checkpointer,
+                 init, abstract, changes: dict):
+  """The state a run starts from: the newest intact checkpoint, or a fresh (or pretrained) one.
+
+  Refuses a config that changed what the workdir trains before anything is written, and says
+  what happened: resumed, fell back past damaged checkpoints, or started from scratch.
+  """
+  if ckpt.all_steps() and workdir_lib.identity_changes(changes):
+    workdir_lib.refuse_changes(workdir, changes, [])
+  try:
+    restored = ckpt.restore_newest_intact(abstract)
+  except checkpoint.StructureMismatchError as e:
+    workdir_lib.refuse_changes(workdir, changes, e.differences)
+  except checkpoint.DamagedCheckpointError as e:
+    raise errors.UserError(str(e)) from e
+  for step, why, path in restored.set_aside:
+    _say(f"checkpoint {step} is damaged ({why}); moved it to {path}.", warning=True)
+  if restored.state is not None:
+    newest = restored.set_aside[0][0] if restored.set_aside else None
+    _say(f"Resumed from step {restored.step}" if newest is None else
+         f"Fell back from step {newest} to step {restored.step}, the newest intact checkpoint")
+    if changes:
+      _say(f"Config changes accepted (recorded in {workdir_lib.CHANGES_FILE}): "
+           f"{workdir_lib.describe_changes(changes)}")
+    return restored.state, restored.step
+  state = init(jax.random.key(config.seed))
+  if config.model.init_from is not None:
+    state, fresh = load_pretrained(state, inference.read_weights(config.model.init_from))
+    loaded = len(jax.tree.leaves(state.params)) + len(jax.tree.leaves(state.batch_stats))
+    _say(f"Started from {config.model.init_from}: {loaded - len(fresh)} of {loaded} arrays "
+         f"loaded; freshly initialised: {fresh or 'none'}")
+  else:
+    _say("Started from scratch")
+  return state, 0
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -108,19 +163,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Args:
     config: an experiment config (see `vision_jax.config.base_config`).
     workdir: output directory: `checkpoints/`, `tensorboard/`, `metrics.jsonl`, `config.json`,
-      `curves.png`. If it holds a checkpoint, training resumes from it.
+      `curves.png`. If it holds a checkpoint, training resumes from the newest intact one.
 
   Returns:
     The last eval metrics, plus `step` and `preempted` (True when SIGTERM stopped the run).
+
+  Raises:
+    errors.UserError: for a bad config, or one that changes what `workdir` trains.
+    FloatingPointError: when the loss or the state becomes NaN/inf (the last good checkpoint
+      is kept).
   """
+  if not workdir:
+    raise errors.UserError("The workdir is empty; pass --workdir=DIR (created if missing).")
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   config_lib.validate(config, num_devices=jax.device_count())
+  changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   task = tasks.get_task(config)
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
 
   builder = datasets.get_builder(config.dataset)
   info = datasets.info(builder)
@@ -132,9 +191,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   size = config.input.image_size
   image_shape = info.image_shape if size is None else (size, size, channels)
   if image_shape is None:
-    raise ValueError(f"Dataset {info.name!r} has images of varying size; set "
-                     "config.input.image_size.")
+    raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
+                           "config.input.image_size.")
   total_steps = _total_steps(config, len(train_source))
+  os.makedirs(workdir, exist_ok=True)
   task = task.prepare(builder, train_source, workdir)
 
   model = task.build_model(config, builder)
@@ -142,28 +202,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = model.clone(bn_axis_name=parallel.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
   tx = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
-  state = create_train_state(model, tx, jax.random.key(config.seed), image_shape, mesh,
-                             use_ema=config.train.ema_decay > 0,
-                             init_inputs=task.init_inputs(image_shape))
-  compiled = steps.compile_steps(
-      mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
-      grad_accum_steps=config.train.grad_accum_steps)
+  init, abstract = train_state_initializer(
+      model, tx, image_shape, mesh, use_ema=config.train.ema_decay > 0,
+      init_inputs=task.init_inputs(image_shape))
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
       best_metric=config.train.best_metric,
       lower_is_better=config.train.best_metric in task.lower_is_better)
-  writer_path = os.path.join(workdir, "metrics.jsonl")
-  if (latest := ckpt.latest_step()) is not None:
-    state = ckpt.restore(latest, _abstract(state))
-    _drop_records_after(writer_path, latest)
-  elif config.model.init_from is not None:
-    state, kept = load_pretrained(state, torch_import.load_converted(config.model.init_from))
-    if jax.process_index() == 0:
-      print(f"Initialised from {config.model.init_from}; freshly initialised: "
-            f"{kept or 'nothing'}")
-  writer = metric_writer.MetricWriter(workdir)
+  try:
+    state, step = _start_state(config, workdir, ckpt, init, abstract, changes)
+  except BaseException:
+    ckpt.close()
+    raise
+  if jax.process_index() == 0:
+    workdir_lib.record_config(workdir, config, changes if step else {}, step)
+    workdir_lib.truncate_records(workdir, step)
+  writer = metric_writer.MetricWriter(workdir, start_step=step)
+  compiled = steps.compile_steps(
+      mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
+      grad_accum_steps=config.train.grad_accum_steps)
 
-  step = int(state.step)
   train_iter = pipeline.train_batches(config.input, train_source, seed=config.seed,
                                       start_step=step, keys=task.keys,
                                       example_fn=task.example_transform)
@@ -185,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         do_eval = last or step % config.train.eval_every == 0
         do_save = do_eval or step % config.train.checkpoint_every == 0 or preempted
         if do_save or step % config.train.log_every == 0:
-          train_metrics = _mean_metrics(pending)  # Raises on NaN before anything is saved.
+          train_metrics = _check_metrics(pending, step, ckpt)  # Raises on NaN before saving.
           pending = []
           now = time.perf_counter()
           train_metrics["images_per_sec"] = (
@@ -208,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.write(f"step {step}: eval {task.summary(eval_metrics)}")
             task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
                          eval_source, workdir, step)
-        if do_save:
+        if do_save:  # Refuses a NaN/inf state or eval metric: the last good one stays.
           ckpt.save(step, global_state, metrics=eval_metrics if do_eval else None)
         if do_eval or do_save:
           del global_state  # Under jit the next step donates these buffers.
@@ -221,14 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     writer.close()
   if is_main and not preempted:
-    _report(workdir, writer_path, config, task.curve_metric)
+    _report(workdir, os.path.join(workdir, workdir_lib.METRICS_FILE), config,
+            task.curve_metric)
   return {**eval_metrics, "step": step, "preempted": preempted}
-
-
-def _abstract(state):
-  """Shapes, dtypes and shardings of `state`, to restore a checkpoint onto."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                      state)
 
 
 def _report(workdir: str, metrics_path: str, config: ml_collections.ConfigDict,

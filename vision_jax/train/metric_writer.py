@@ -18,15 +18,21 @@ class MetricWriter:
 
   Args:
     workdir: the run's directory; events go to `workdir/tensorboard`.
+    start_step: the step a resumed run starts from: TensorBoard is told to drop the events an
+      earlier, killed run wrote after it (they are written again).
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int = 0):
     self._enabled = jax.process_index() == 0
     if not self._enabled:
       return
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self._jsonl = open(self.jsonl_path, "a")
     self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+    if start_step:  # TensorBoard purges older events at steps >= a START session log's step.
+      self._events.add_event(event_pb2.Event(
+          wall_time=time.time(), step=start_step + 1,
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     """Records scalars under `split/name` at `step`."""
@@ -49,6 +55,17 @@ class MetricWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  """Reads back every record of a `metrics.jsonl`."""
+  """Reads back every complete record of a `metrics.jsonl` ([] when there is none).
+
+  A line cut short (the run was killed while writing it) is skipped.
+  """
+  if not os.path.exists(path):
+    return []
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        continue
+  return records

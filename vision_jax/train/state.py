@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vision_jax import errors
 from vision_jax.train import parallel
 
 
@@ -50,22 +51,27 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": params, "batch_stats": self.batch_stats}
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
-                       use_ema: bool, init_inputs: tuple | None = None) -> TrainState:
-  """Initialises the state directly on the devices, as `parallel.state_shardings` lays it out.
+def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
+                            image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+                            use_ema: bool, init_inputs: tuple | None = None
+                            ) -> tuple[Callable[[jax.Array], TrainState], TrainState]:
+  """The state's initialiser and its abstract value, before anything is allocated.
 
-  Shapes come from `jax.eval_shape` first, so the state is allocated once, in place, by a jitted
-  initialiser with explicit output shardings (no host round trip).
+  Shapes come from `jax.eval_shape`, so a run can compare them with a checkpoint, or restore
+  onto them, without initialising; the initialiser is jitted with explicit output shardings, so
+  a fresh state is allocated once, in place, on the devices (no host round trip).
 
   Args:
     model: a registry model (`__call__(x, train) -> (logits, features)`).
     tx: the optimiser.
-    rng: base key of the run.
     image_shape: (H, W, C) of one input image.
     mesh: the device mesh.
     use_ema: keep an exponential moving average of the weights.
     init_inputs: example inputs `model.init` is traced with; default one zero image.
+
+  Returns:
+    `(init, abstract)`: `init(rng)` creates the state laid out as `parallel.state_shardings`
+    says; `abstract` is the same state as `jax.ShapeDtypeStruct`s carrying those shardings.
   """
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
@@ -77,8 +83,29 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
         batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params), rng=state_rng,
         ema_params=params if use_ema else None, apply_fn=model.apply, tx=tx)
 
-  abstract = jax.eval_shape(init, rng)
-  return jax.jit(init, out_shardings=parallel.state_shardings(mesh, abstract))(rng)
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  shardings = parallel.state_shardings(mesh, shapes)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  return jax.jit(init, out_shardings=shardings), abstract
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
+                       use_ema: bool, init_inputs: tuple | None = None) -> TrainState:
+  """Initialises the state directly on the devices (see `train_state_initializer`).
+
+  Args:
+    model: a registry model (`__call__(x, train) -> (logits, features)`).
+    tx: the optimiser.
+    rng: base key of the run.
+    image_shape: (H, W, C) of one input image.
+    mesh: the device mesh.
+    use_ema: keep an exponential moving average of the weights.
+    init_inputs: example inputs `model.init` is traced with; default one zero image.
+  """
+  init, _ = train_state_initializer(model, tx, image_shape, mesh, use_ema, init_inputs)
+  return init(rng)
 
 
 # Models that wrap a registry backbone (FCN) keep its parameters under this prefix.
@@ -99,6 +126,9 @@ def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, lis
     The state (arrays placed with the old ones' shardings; the EMA restarts from the new
     parameters) and the paths that kept their initialisation (e.g. `params/head/kernel` when the
     class count differs).
+
+  Raises:
+    errors.UserError: when not one parameter matches (weights of another architecture).
   """
   kept = []
 
@@ -116,6 +146,12 @@ def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, lis
     return traverse_util.unflatten_dict(flat, sep="/")
 
   params = overlay("params", state.params)
+  if len(kept) == len(jax.tree.leaves(state.params)):
+    names = list(traverse_util.flatten_dict(variables.get("params") or {}, sep="/"))[:3]
+    raise errors.UserError(
+        "None of the model's parameters matches the pretrained weights (by path and shape): "
+        f"they are of another architecture (they hold e.g. {names}). Set config.model.init_from "
+        "to weights of this model, or train it from scratch.")
   batch_stats = overlay("batch_stats", state.batch_stats) if state.batch_stats else {}
   ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
   return state.replace(params=params, batch_stats=batch_stats, ema_params=ema), kept
