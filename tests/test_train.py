@@ -99,25 +99,6 @@ def test_train_and_eval_steps_compile_only_once():
   assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
 
 
-def test_eight_devices_match_one_device():
-  """Data parallelism changes nothing: BN statistics and the loss are over the global batch."""
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    assert len(devices) in (1, 8)
-    mesh = parallel.make_mesh(devices)
-    state, batch = _state(mesh), _batch()
-    compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.0, 0.3),
-                                   ema_decay=0.9)
-    for _ in range(2):
-      state, metrics = compiled.train(state, batch)
-    results.append((float(metrics["loss"]), jax.device_get(state.params),
-                    jax.device_get(state.batch_stats)))
-  (loss1, params1, stats1), (loss8, params8, stats8) = results
-  np.testing.assert_allclose(loss1, loss8, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               (params1, stats1), (params8, stats8))
-
-
 @pytest.mark.parametrize("field, value, expected", [
     ("model.name", "resnet5", "resnet50"),
     ("task", "depth_estimation", "classification"),
@@ -153,18 +134,25 @@ def test_misspelt_config_key_fails_on_the_command_line(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing was started.
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_a_diverging_run_never_saves_a_bad_state_and_keeps_the_last_good_one(tmp_path):
+  """SGD at lr 1e30 (the issue's case): the update after step 4 leaves finite but huge weights,
+  checkpointed at step 5, whose loss (step 6's) is NaN. Checkpoint 5 is set aside; 4 stays,
+  although keep_checkpoints=1, and a rerun resumes from it and stops the same way."""
   c = tiny_config(num_steps=4)
-  c.train.checkpoint_every = 1
+  c.optim.name, c.optim.schedule, c.optim.warmup_steps = "sgd", "constant", 0
+  c.train.checkpoint_every, c.train.keep_checkpoints = 1, 1
   with tfds.testing.mock_data(num_examples=32):
     loop.train_and_evaluate(c, str(tmp_path))
     c.train.num_steps = 8
-    c.optim.learning_rate = 1e30  # Blows the weights up: the loss of the next step is not finite.
-    with pytest.raises(FloatingPointError, match="Non-finite"):
-      loop.train_and_evaluate(c, str(tmp_path))
-  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=2, best_metric="accuracy")
-  # Step 5 still had a finite loss (computed before its update); step 6 must not be saved.
-  assert ckpt.latest_step() == 5
+    c.optim.learning_rate = 1e30
+    for _ in range(2):
+      with pytest.raises(FloatingPointError, match="at step 6 .* last good checkpoint is step 4"):
+        loop.train_and_evaluate(c, str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), keep=1, best_metric="accuracy")
+  assert ckpt.all_steps() == [4]
+  assert sorted(d.split(".")[0] for d in os.listdir(tmp_path / "checkpoints_set_aside")) == [
+      "5", "5"]
+  ckpt.close()
 
 
 class _WithAuxHead(nn.Module):

@@ -128,8 +128,6 @@ def _start_state(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoi
   Refuses a config that changed what the workdir trains before anything is written, and says
   what happened: resumed, fell back past damaged checkpoints, or started from scratch.
   """
-  if ckpt.all_steps() and workdir_lib.identity_changes(changes):
-    workdir_lib.refuse_changes(workdir, changes, [])
   try:
     restored = ckpt.restore_newest_intact(abstract)
   except checkpoint.StructureMismatchError as e:
@@ -178,6 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
+  if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
+    workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
   task = tasks.get_task(config)
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
 

@@ -128,7 +128,7 @@ def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, lis
     class count differs).
 
   Raises:
-    errors.UserError: when not one parameter matches (weights of another architecture).
+    errors.UserError: when not one kernel (rank >= 2) matches: weights of another architecture.
   """
   kept = []
 
@@ -146,12 +146,13 @@ def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, lis
     return traverse_util.unflatten_dict(flat, sep="/")
 
   params = overlay("params", state.params)
-  if len(kept) == len(jax.tree.leaves(state.params)):
+  flat = traverse_util.flatten_dict(params, sep="/")
+  if not any(leaf.ndim >= 2 and f"params/{path}" not in kept for path, leaf in flat.items()):
     names = list(traverse_util.flatten_dict(variables.get("params") or {}, sep="/"))[:3]
     raise errors.UserError(
-        "None of the model's parameters matches the pretrained weights (by path and shape): "
-        f"they are of another architecture (they hold e.g. {names}). Set config.model.init_from "
-        "to weights of this model, or train it from scratch.")
+        "Not one weight kernel of the model matches the pretrained weights (by path and "
+        f"shape): they are of another architecture (they hold e.g. {names}). Set "
+        "config.model.init_from to weights of this model, or train it from scratch.")
   batch_stats = overlay("batch_stats", state.batch_stats) if state.batch_stats else {}
   ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
   return state.replace(params=params, batch_stats=batch_stats, ema_params=ema), kept

@@ -91,6 +91,12 @@ def refuse_changes(workdir: str, changes: dict, state_differences: list[str]) ->
   raise errors.UserError("\n".join(lines))
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir/checkpoints` holds a complete checkpoint (a step directory)."""
+  directory = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(directory) and any(d.isdigit() for d in os.listdir(directory))
+
+
 def identity_changes(changes: dict) -> dict:
   """The changes that make a different experiment (`IDENTITY_FIELDS`)."""
   return {k: v for k, v in changes.items() if k in IDENTITY_FIELDS}
