@@ -103,3 +103,12 @@ def test_init_from_neither_weights_nor_a_workdir_is_refused(tmp_path, tiny_shape
   c.model.init_from = str(tmp_path / path)
   with pytest.raises(errors.UserError, match="neither a training workdir"):
     loop.train_and_evaluate(c, str(tmp_path / "run"))
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused(tmp_path, tiny_shapes_dir):
+  from vision_jax.train import workdir as workdir_lib
+  with workdir_lib.exclusive(str(tmp_path)):  # As a run in another process would hold it.
+    with pytest.raises(errors.UserError, match=f"Another run is using .* .pid {os.getpid()} "):
+      loop.train_and_evaluate(_config(tiny_shapes_dir), str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
+  loop.train_and_evaluate(_config(tiny_shapes_dir), str(tmp_path))  # Free again.

@@ -175,6 +175,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.UserError("The workdir is empty; pass --workdir=DIR (created if missing).")
   workdir = os.path.abspath(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
+  with workdir_lib.exclusive(workdir, is_main=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """`train_and_evaluate` on a validated config and a workdir this run holds."""
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
@@ -194,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
                            "config.input.image_size.")
   total_steps = _total_steps(config, len(train_source))
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(workdir, exist_ok=True)  # Other processes than 0 (which took the lock).
   task = task.prepare(builder, train_source, workdir)
 
   model = task.build_model(config, builder)

@@ -9,6 +9,8 @@ changed fields and the ways forward. `metrics.jsonl` is cut back to the step a r
 so that after any sequence of kills it holds exactly one record per logged step.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -18,11 +20,40 @@ import ml_collections
 from vision_jax import errors
 from vision_jax.train import metric_writer
 
+LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
 METRICS_FILE = "metrics.jsonl"
 # What a workdir trains: changing one of these is a new experiment, even if shapes agree.
 IDENTITY_FIELDS = ("task", "model.name", "dataset.name")
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str, is_main: bool = True):
+  """Holds `workdir` for one run: a second run started on it meanwhile is refused.
+
+  An advisory `flock` on `workdir/.lock`, taken by process 0 of a run; the kernel drops it
+  when the process ends in any way (SIGKILL included), so a crashed run never leaves it held.
+
+  Raises:
+    errors.UserError: when another run holds the workdir.
+  """
+  if not is_main:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, LOCK_FILE), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+      f.seek(0)
+      raise errors.UserError(
+          f"Another run is using {workdir} ({f.read().strip() or 'unknown process'}); wait "
+          "for it to finish or stop it, or use another --workdir.") from e
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    f.flush()
+    yield
 
 
 def read_saved_config(workdir: str) -> dict | None:
