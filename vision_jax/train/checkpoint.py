@@ -297,24 +297,35 @@ class Checkpointer:
       Exception: anything else means the checkpoint is damaged (unreadable, or its arrays do
         not match their saved fingerprints).
     """
+    state = self._read(step, abstract_state)
+    if problem := self._verify(step, state):
+      raise ValueError(problem)
+    return state
+
+  def _read(self, step: int, abstract_state):
+    """Reads checkpoint `step` (this process's shards; raises on unreadable files)."""
     differences = structure_differences(self.saved_structure(step), abstract_state)
     if differences:
       raise StructureMismatchError(step, differences)
-    state = self._manager.restore(step, args=ocp.args.Composite(
+    return self._manager.restore(step, args=ocp.args.Composite(
         **{_STATE: ocp.args.StandardRestore(abstract_state)}))[_STATE]
+
+  def _verify(self, step: int, state) -> str | None:
+    """Why a read state is not the saved one, or None (a global computation: all processes)."""
     meta = self._read_meta(step)
-    if not meta and (self._step_dir(step) / _META).exists():
-      raise ValueError("its meta item is unreadable")
-    if meta:  # Checkpoints written before fingerprints existed are taken as they are.
-      prints, _ = fingerprint(state)
-      changed = [p for p, v in prints.items() if meta["fingerprints"].get(p) != v]
-      if changed:
-        raise ValueError(f"{len(changed)} array(s) differ from what was saved, e.g. "
-                         f"{changed[0]}")
-    return state
+    if not meta:  # Written before fingerprints existed: taken as it is, unless meta is damaged.
+      return "its meta item is unreadable" if (self._step_dir(step) / _META).exists() else None
+    prints, _ = fingerprint(state)
+    changed = [p for p, v in prints.items() if meta["fingerprints"].get(p) != v]
+    if changed:
+      return f"{len(changed)} array(s) differ from what was saved, e.g. {changed[0]}"
+    return None
 
   def restore_newest_intact(self, abstract_state) -> Restored:
     """Restores the newest checkpoint that reads and verifies; damaged newer ones move aside.
+
+    Every process reads its shards, then all agree whether that worked before the (collective)
+    verification, so a read error on one host cannot leave the others waiting.
 
     Raises:
       StructureMismatchError: the newest readable checkpoint holds another structure.
@@ -323,19 +334,23 @@ class Checkpointer:
     damaged = []
     for step in reversed(self.all_steps()):
       try:
-        state, error = self.restore(step, abstract_state), None
+        state, problem = self._read(step, abstract_state), None
       except StructureMismatchError:
         raise
       except Exception as e:  # noqa: BLE001  Whatever Orbax/TensorStore raise on bad files.
-        state, error = None, e
-      if _all_processes_agree(error is None):
-        moved = tuple((s, why, self._move_aside(s, "damaged")) for s, why in damaged)
-        if moved:
-          _sync("vision_jax_damaged_aside")
-          self._manager.reload()
-        self._confirmed_through = step - 1
-        return Restored(state, step, moved)
-      damaged.append((step, _one_line(error) if error else "unreadable on another process"))
+        state, problem = None, _one_line(e)
+      if not _all_processes_agree(problem is None):
+        damaged.append((step, problem or "unreadable on another process"))
+        continue
+      if problem := self._verify(step, state):
+        damaged.append((step, problem))
+        continue
+      moved = tuple((s, why, self._move_aside(s, "damaged")) for s, why in damaged)
+      if moved:
+        _sync("vision_jax_damaged_aside")
+        self._manager.reload()
+      self._confirmed_through = step - 1
+      return Restored(state, step, moved)
     if damaged:
       listing = "; ".join(f"step {s}: {why}" for s, why in damaged)
       raise DamagedCheckpointError(
@@ -355,6 +370,6 @@ class Checkpointer:
 
 def _one_line(error: BaseException, limit: int = 200) -> str:
   """The first line of an exception's message, shortened (Orbax errors run to pages)."""
-  text = str(error).strip().splitlines()
+  text = str(error).strip().split(" See full TensorStore details")[0].splitlines()
   line = f"{type(error).__name__}: {text[0] if text else ''}"
   return line if len(line) <= limit else line[:limit - 3] + "..."
