@@ -168,8 +168,11 @@ class Checkpointer:
     self._best_metric = best_metric
     self._lower_is_better = (best_metric in _LOWER_IS_BETTER if lower_is_better is None
                              else lower_is_better)
-    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(directory, options=options)  # Keeps all; we prune.
+    # Keeps every step (pruning is ours); drops the temporary directories of saves a kill cut
+    # short (the run holds the workdir, so no other save is in flight).
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(directory, options=options)
     self._metrics = {step: self._read_meta(step).get("metrics") or {}
                      for step in self.all_steps()}
     # Checkpoints up to this step are confirmed good (older runs confirmed theirs).
