@@ -10,6 +10,7 @@ cosine instead of their step schedule.
 
 from vision_jax import recipes
 from vision_jax.config import base_config
+from vision_jax.errors import UserError
 
 _STATS = {"cifar10": (recipes.CIFAR10_MEAN, recipes.CIFAR10_STD),
           "cifar100": (recipes.CIFAR100_MEAN, recipes.CIFAR100_STD)}
@@ -18,7 +19,7 @@ _STATS = {"cifar10": (recipes.CIFAR10_MEAN, recipes.CIFAR10_STD),
 def get_config(arg: str = "cifar10,wrn28_10"):
   dataset, _, model = arg.partition(",")
   if dataset not in _STATS:
-    raise ValueError(f"Unknown CIFAR dataset {dataset!r}; valid choices: {sorted(_STATS)}")
+    raise UserError(f"Unknown CIFAR dataset {dataset!r}; valid choices: {sorted(_STATS)}")
   c = base_config()
   c.dataset.name = dataset
   c.dataset.in_memory = True  # 150 MB decoded.

@@ -10,6 +10,7 @@ the compact VGG-11-BN of configs/shapes_fcn.py (widths 8..64: stages at strides 
 """
 
 from vision_jax.config import base_config
+from vision_jax.errors import UserError
 from vision_jax.data.builders import fashion_scenes
 
 _VARIANTS = ("32s", "16s", "8s", "4s")
@@ -17,7 +18,7 @@ _VARIANTS = ("32s", "16s", "8s", "4s")
 
 def get_config(variant: str = "8s"):
   if variant not in _VARIANTS:
-    raise ValueError(f"Unknown FCN variant {variant!r}; valid choices: {list(_VARIANTS)}")
+    raise UserError(f"Unknown FCN variant {variant!r}; valid choices: {list(_VARIANTS)}")
   c = base_config()
   c.task = "segmentation"
   c.dataset.name = "fashion_scenes/size64"

@@ -14,13 +14,14 @@ and pass `--config.model.init_from=DIR`; backbone parameters load under the FCN'
 
 from vision_jax import recipes
 from vision_jax.config import base_config
+from vision_jax.errors import UserError
 
 _BACKBONES = ("resnet50", "vgg16")
 
 
 def get_config(backbone: str = "resnet50"):
   if backbone not in _BACKBONES:
-    raise ValueError(f"Unknown backbone {backbone!r}; valid choices: {list(_BACKBONES)}")
+    raise UserError(f"Unknown backbone {backbone!r}; valid choices: {list(_BACKBONES)}")
   c = base_config()
   c.task = "segmentation"
   c.dataset.name = "oxford_iiit_pet"

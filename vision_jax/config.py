@@ -7,7 +7,11 @@ the command line then locks the config, so a misspelt key there
 (`--config.optim.learning_rat=0.1`) fails instead of being silently added.
 """
 
+import math
+
 import ml_collections
+
+from vision_jax.errors import UserError
 
 STRATEGIES = ("jit", "pmap")
 OPTIMIZERS = ("sgd", "adamw")
@@ -15,6 +19,26 @@ SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16")
 TRAIN_CROPS = ("pad", "random_resized", "random_scale")
 FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.models.fcn.VARIANTS (not imported).
+# Numeric fields: (field, test, the valid range). Unset optional fields (None) are not tested.
+_RANGES = (
+    ("optim.learning_rate", lambda v: 0 <= v < math.inf,
+     "a finite number >= 0, e.g. 1e-3 (0 freezes the weights)"),
+    ("optim.weight_decay", lambda v: 0 <= v < math.inf, "a finite number >= 0 (0: none)"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.9"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0 steps (0: no warmup)"),
+    ("optim.grad_clip_norm", lambda v: 0 <= v < math.inf, ">= 0 (0: no clipping)"),
+    ("train.num_steps", lambda v: v >= 1, ">= 1, or None to train for train.num_epochs"),
+    ("train.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.1 (0: none)"),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.999 (0: no EMA)"),
+    ("train.log_every", lambda v: v >= 1, ">= 1 steps"),
+    ("train.eval_every", lambda v: v >= 1, ">= 1 steps"),
+    ("train.checkpoint_every", lambda v: v >= 1, ">= 1 steps"),
+    ("train.keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("input.image_size", lambda v: v >= 1, ">= 1 pixels, or None to keep the dataset's size"),
+    ("input.crop_padding", lambda v: v >= 0, ">= 0 pixels (0: no padding)"),
+    ("input.num_workers", lambda v: v >= 0, ">= 0 (0: read in the main process)"),
+    ("input.prefetch", lambda v: v >= 0, ">= 0 batches"),
+)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -156,8 +180,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def _check_choice(field: str, value, choices) -> None:
+  """Raises a UserError unless `value` (of `config.<field>`) is one of `choices`."""
   if value not in choices:
-    raise ValueError(f"config.{field}={value!r} is not valid; valid choices: {list(choices)}")
+    raise UserError(f"config.{field}={value!r} is not valid; valid choices: {list(choices)}")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -168,7 +193,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     num_devices: the number of devices the global batch is split over.
 
   Raises:
-    ValueError: for an unknown name or a batch size that does not divide over the devices.
+    UserError: naming `config.<field>`, the value and the valid range or choices.
   """
   # Imported here: the schema itself must stay import-light.
   from vision_jax import models, tasks
@@ -182,37 +207,43 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
                 tasks.TASKS[config.task].metric_names)
   _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
   _check_choice("input.train_crop", config.input.train_crop, TRAIN_CROPS)
+  for field, test, valid in _RANGES:
+    section, name = field.split(".")
+    value = config[section][name]
+    if value is not None and not test(value):
+      raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
+  _check_model_kwargs(config)
   if config.input.train_crop == "random_resized" and config.input.image_size is None:
-    raise ValueError('config.input.train_crop="random_resized" needs config.input.image_size '
-                     "(the crop's output size, e.g. 224).")
+    raise UserError('config.input.train_crop="random_resized" needs config.input.image_size '
+                    "(the crop's output size, e.g. 224).")
   if config.input.train_crop == "random_scale" and config.input.image_size is None:
-    raise ValueError('config.input.train_crop="random_scale" needs config.input.image_size '
-                     "(the crop's output size, e.g. 64).")
+    raise UserError('config.input.train_crop="random_scale" needs config.input.image_size '
+                    "(the crop's output size, e.g. 64).")
   low, high = config.input.scale_range
   if not 0 < low <= high:
-    raise ValueError(f"config.input.scale_range={config.input.scale_range} must be (low, high) "
-                     "with 0 < low <= high.")
+    raise UserError(f"config.input.scale_range={config.input.scale_range} must be (low, high) "
+                    "with 0 < low <= high.")
   if config.task == "segmentation":
     _validate_segmentation(config.segmentation)
     if config.input.train_crop == "pad" and config.input.crop_padding:
-      raise ValueError(
+      raise UserError(
           f'config.input.train_crop="pad" with crop_padding={config.input.crop_padding} pads '
           'masks with 0, a class; for segmentation use train_crop="random_scale" (it pads masks '
           "with 255, ignored) or crop_padding=0.")
   if config.task == "detection":
     _validate_detection(config)
   if not 0 < config.input.center_crop_fraction <= 1:
-    raise ValueError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
-                     "must be in (0, 1].")
+    raise UserError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
+                    "must be in (0, 1].")
   if config.parallel.strategy == "pmap" and config.parallel.fsdp != 1:
-    raise ValueError(f"config.parallel.fsdp={config.parallel.fsdp} needs strategy 'jit' "
-                     "(pmap replicates the state); set config.parallel.fsdp=1.")
+    raise UserError(f"config.parallel.fsdp={config.parallel.fsdp} needs strategy 'jit' "
+                    "(pmap replicates the state); set config.parallel.fsdp=1.")
   if config.parallel.fsdp < 1 or num_devices % config.parallel.fsdp:
-    raise ValueError(f"config.parallel.fsdp={config.parallel.fsdp} must be a positive divisor "
-                     f"of the device count ({num_devices}).")
+    raise UserError(f"config.parallel.fsdp={config.parallel.fsdp} must be a positive divisor "
+                    f"of the device count ({num_devices}).")
   accum = config.train.grad_accum_steps
   if accum < 1:
-    raise ValueError(f"config.train.grad_accum_steps={accum} must be >= 1.")
+    raise UserError(f"config.train.grad_accum_steps={accum} must be >= 1.")
   for field in ("batch_size", "eval_batch_size"):
     size, multiple = config.input[field], num_devices
     divisor = f"the device count ({num_devices})"
@@ -220,15 +251,75 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
       multiple *= accum
       divisor += f" × train.grad_accum_steps ({accum})"
     if size <= 0 or size % multiple:
-      raise ValueError(
+      raise UserError(
           f"config.input.{field}={size} must be a positive multiple of {divisor} so that every "
           f"device gets the same share; try {max(multiple, size // multiple * multiple)}.")
   if config.train.num_steps is None and config.train.num_epochs <= 0:
-    raise ValueError(f"config.train.num_epochs={config.train.num_epochs} must be > 0.")
-  if len(config.input.mean) != len(config.input.std):
-    raise ValueError(f"config.input.mean {config.input.mean} and std {config.input.std} differ "
-                     "in length.")
+    raise UserError(f"config.train.num_epochs={config.train.num_epochs} must be > 0.")
+  if not config.input.mean or len(config.input.mean) != len(config.input.std):
+    raise UserError(
+        f"config.input.mean={tuple(config.input.mean)} and std={tuple(config.input.std)} must "
+        "have the same length: one value per channel, or one for all channels.")
+  if min(config.input.std) <= 0:
+    raise UserError(f"config.input.std={tuple(config.input.std)} must be > 0 in every "
+                    "channel (pixels are divided by it), e.g. 0.25.")
+  if config.input.image_size is not None:
+    validate_image_shape(config, (config.input.image_size, config.input.image_size, None))
 
+
+def validate_image_shape(config: ml_collections.ConfigDict,
+                         image_shape: tuple[int, int, int | None]) -> None:
+  """Checks the config against the images: mean/std per channel, and the model's smallest input.
+
+  `validate` calls it when `input.image_size` fixes the size (channels unknown); the training
+  loop calls it once the dataset says what its images are.
+
+  Args:
+    config: an experiment config that passed `validate`.
+    image_shape: (H, W, C) of the model's input images; C None when not known yet.
+
+  Raises:
+    UserError: for mean/std of another channel count, or images too small for the model.
+  """
+  # Imported here: the schema itself must stay import-light.
+  from vision_jax.models import input_size
+
+  height, width, channels = image_shape
+  for field in ("mean", "std"):
+    values = tuple(config.input[field])
+    if channels is not None and len(values) not in (1, channels):
+      raise UserError(
+          f"config.input.{field}={values} has {len(values)} values, but the images of "
+          f"{config.dataset.name!r} have {channels} channel(s); give one per channel"
+          f"{' or one for all' if channels > 1 else ''}.")
+  fix = ("Set config.input.image_size to at least that, or pick a model for smaller images."
+         if config.input.image_size is not None else
+         "Set config.input.image_size to at least that (images are resized to it).")
+  input_size.check_input_size(config.model.name, (height, width, channels or 3), fix=fix,
+                              field=f"config.input.image_size={config.input.image_size}",
+                              **_backbone_kwargs(config))
+
+
+def _backbone_kwargs(config: ml_collections.ConfigDict) -> dict:
+  """`config.model.kwargs` that go to the `config.model.name` model (not the task's head)."""
+  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
+  head = tasks.TASKS[config.task].head_fields()
+  return {k: v for k, v in config.model.kwargs.items() if k not in head}
+
+
+def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
+  """Every `config.model.kwargs` entry is a field of the model (or of the task's head)."""
+  from vision_jax import models, tasks  # pylint: disable=g-import-not-at-top
+  fields = models.model_fields(config.model.name)
+  if fields is None:  # Not a dataclass: the model's own constructor checks.
+    return
+  head = tasks.TASKS[config.task].head_fields()
+  unknown = sorted(set(config.model.kwargs) - set(fields) - head)
+  if unknown:
+    raise UserError(
+        f"config.model.kwargs has {', '.join(unknown)}, which model "
+        f"{config.model.name!r} does not have (kept from another config.model.name?); "
+        f"its fields: {', '.join(sorted(set(fields) | head))}. Remove them from the config.")
 
 
 def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
@@ -236,63 +327,63 @@ def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
   _check_choice("segmentation.variant", s.variant, FCN_VARIANTS)
   num_classes = len(s.class_names)
   if num_classes < 2:
-    raise ValueError(f"config.segmentation.class_names={s.class_names} must name at least 2 "
-                     "classes (e.g. background and object).")
+    raise UserError(f"config.segmentation.class_names={s.class_names} must name at least 2 "
+                    "classes (e.g. background and object).")
   if s.class_weights and (len(s.class_weights) != num_classes or min(s.class_weights) < 0):
-    raise ValueError(f"config.segmentation.class_weights={s.class_weights} must hold one "
-                     f"non-negative weight per class ({num_classes}), or be () for none.")
+    raise UserError(f"config.segmentation.class_weights={s.class_weights} must hold one "
+                    f"non-negative weight per class ({num_classes}), or be () for none.")
   if s.label_map and max(s.label_map) >= num_classes:
-    raise ValueError(f"config.segmentation.label_map={s.label_map} maps to class "
-                     f"{max(s.label_map)}, but class_names has only {num_classes} classes.")
+    raise UserError(f"config.segmentation.label_map={s.label_map} maps to class "
+                    f"{max(s.label_map)}, but class_names has only {num_classes} classes.")
   if s.head_width < 0 or s.head_kernel < 1 or s.num_pictures < 0:
-    raise ValueError("config.segmentation.head_width and num_pictures must be >= 0 and "
-                     f"head_kernel >= 1; got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")
+    raise UserError("config.segmentation.head_width and num_pictures must be >= 0 and "
+                    f"head_kernel >= 1; got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")
 
 
 def _validate_detection(config: ml_collections.ConfigDict) -> None:
   """Checks the `detection` section and the input settings detection needs (see `validate`)."""
   d, i = config.detection, config.input
   if i.train_crop != "pad" or i.crop_padding:
-    raise ValueError(
+    raise UserError(
         f"config.input.train_crop={i.train_crop!r} with crop_padding={i.crop_padding} would "
         "move pixels but not boxes; detection supports only horizontal flips "
         '(input.random_flip): set input.train_crop="pad" and input.crop_padding=0.')
   if i.image_size is None or i.center_crop_fraction != 1:
-    raise ValueError("Detection letterboxes every image to config.input.image_size (set it, "
-                     f"e.g. 64 or 512; got {i.image_size}) and needs "
-                     f"input.center_crop_fraction=1.0 (got {i.center_crop_fraction}): a crop "
-                     "would cut boxes.")
+    raise UserError("Detection letterboxes every image to config.input.image_size (set it, "
+                    f"e.g. 64 or 512; got {i.image_size}) and needs "
+                    f"input.center_crop_fraction=1.0 (got {i.center_crop_fraction}): a crop "
+                    "would cut boxes.")
   if d.max_boxes < 1 or d.max_detections < 1 or d.eval_max_detections < 1:
-    raise ValueError("config.detection.max_boxes, max_detections and eval_max_detections must "
-                     f"be >= 1; got {d.max_boxes}, {d.max_detections}, {d.eval_max_detections}.")
+    raise UserError("config.detection.max_boxes, max_detections and eval_max_detections must "
+                    f"be >= 1; got {d.max_boxes}, {d.max_detections}, {d.eval_max_detections}.")
   strides = tuple(d.feature_strides)
   if not strides or any(s < 1 or s & (s - 1) for s in strides) or len(set(strides)) != len(
       strides):
-    raise ValueError(f"config.detection.feature_strides={strides} must be distinct powers of "
-                     "two, e.g. (4, 8) or (8, 16).")
+    raise UserError(f"config.detection.feature_strides={strides} must be distinct powers of "
+                    "two, e.g. (4, 8) or (8, 16).")
   if not d.anchor_sizes or min(d.anchor_sizes) <= 0 or not d.anchor_ratios or min(
       d.anchor_ratios) <= 0:
-    raise ValueError(f"config.detection.anchor_sizes={d.anchor_sizes} and anchor_ratios="
-                     f"{d.anchor_ratios} must be non-empty and positive.")
+    raise UserError(f"config.detection.anchor_sizes={d.anchor_sizes} and anchor_ratios="
+                    f"{d.anchor_ratios} must be non-empty and positive.")
   if not 0 <= d.rpn_negative_iou <= d.rpn_positive_iou <= 1:
-    raise ValueError(f"config.detection.rpn_negative_iou={d.rpn_negative_iou} and "
-                     f"rpn_positive_iou={d.rpn_positive_iou} need 0 <= negative <= positive <= 1.")
+    raise UserError(f"config.detection.rpn_negative_iou={d.rpn_negative_iou} and "
+                    f"rpn_positive_iou={d.rpn_positive_iou} need 0 <= negative <= positive <= 1.")
   for name in ("rpn_positive_fraction", "roi_positive_fraction", "roi_foreground_iou",
                "rpn_nms_iou", "nms_iou"):
     if not 0 < d[name] <= 1:
-      raise ValueError(f"config.detection.{name}={d[name]} must be in (0, 1].")
+      raise UserError(f"config.detection.{name}={d[name]} must be in (0, 1].")
   if not 0 <= d.score_threshold < 1:
-    raise ValueError(f"config.detection.score_threshold={d.score_threshold} must be in [0, 1).")
+    raise UserError(f"config.detection.score_threshold={d.score_threshold} must be in [0, 1).")
   for pre, post in (("rpn_pre_nms_train", "rpn_post_nms_train"),
                     ("rpn_pre_nms_test", "rpn_post_nms_test")):
     if not 1 <= d[post] <= d[pre]:
-      raise ValueError(f"config.detection.{post}={d[post]} must be in [1, {pre}={d[pre]}].")
+      raise UserError(f"config.detection.{post}={d[post]} must be in [1, {pre}={d[pre]}].")
   for name in ("rpn_batch_size", "roi_batch_size", "pooled_size", "sampling_ratio",
                "head_width", "feature_width", "rpn_width"):
     if d[name] < 1:
-      raise ValueError(f"config.detection.{name}={d[name]} must be >= 1.")
+      raise UserError(f"config.detection.{name}={d[name]} must be >= 1.")
   if len(d.loss_weights) != 4 or min(d.loss_weights) < 0:
-    raise ValueError(f"config.detection.loss_weights={d.loss_weights} must hold 4 "
-                     "non-negative weights (RPN objectness, RPN box, R-CNN class, R-CNN box).")
+    raise UserError(f"config.detection.loss_weights={d.loss_weights} must hold 4 "
+                    "non-negative weights (RPN objectness, RPN box, R-CNN class, R-CNN box).")
   if d.num_pictures < 0:
-    raise ValueError(f"config.detection.num_pictures={d.num_pictures} must be >= 0.")
+    raise UserError(f"config.detection.num_pictures={d.num_pictures} must be >= 0.")

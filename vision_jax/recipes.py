@@ -9,6 +9,8 @@ import math
 
 import ml_collections
 
+from vision_jax.errors import UserError
+
 # Per-channel statistics on [0, 1] pixels.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -30,8 +32,8 @@ def _family(model: str) -> str:
   for family in _FAMILY_RECIPES:
     if model.startswith(family):
       return family
-  raise ValueError(f"No ImageNet recipe for model {model!r}; valid choices: names starting "
-                   f"with {sorted(_FAMILY_RECIPES)}.")
+  raise UserError(f"No ImageNet recipe for model {model!r}; valid choices: names starting "
+                  f"with {sorted(_FAMILY_RECIPES)}.")
 
 
 def inception_crop_input(c: ml_collections.ConfigDict, image_size: int = 224) -> None:
@@ -84,11 +86,11 @@ def small_captioner(c: ml_collections.ConfigDict, variant: str) -> None:
     variant: "attention" (Show, Attend and Tell) or "show_and_tell" (one pooled vector).
 
   Raises:
-    ValueError: for another variant.
+    UserError: for another variant.
   """
   if variant not in ("attention", "show_and_tell"):
-    raise ValueError(f"Unknown variant {variant!r}; valid choices: ['attention', "
-                     "'show_and_tell']")
+    raise UserError(f"Unknown variant {variant!r}; valid choices: ['attention', "
+                    "'show_and_tell']")
   c.task = "captioning"
   c.dataset.in_memory = True
   c.input.crop_padding = 0

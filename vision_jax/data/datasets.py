@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vision_jax import errors
 from vision_jax.data import builders
 
 
@@ -32,11 +33,11 @@ def _base_name(name: str) -> str:
 
 
 def check_name(name: str) -> None:
-  """Raises a ValueError naming the valid choices when `name` is no known dataset."""
+  """Raises a UserError naming the valid choices when `name` is no known dataset."""
   base = _base_name(name)
   if base in builders.BUILDERS or base in tfds.list_builders(with_community_datasets=False):
     return
-  raise ValueError(
+  raise errors.UserError(
       f"Unknown dataset {name!r}; valid choices: the project's own {sorted(builders.BUILDERS)} "
       "or any TFDS dataset name (e.g. 'mnist', 'cifar10', 'cifar100', 'imagenet2012'; "
       "see tfds.list_builders()).")
@@ -49,8 +50,8 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     config: the `dataset` section of an experiment config.
 
   Raises:
-    ValueError: for an unknown name.
-    FileNotFoundError: when the data is not prepared and `config.prepare` is False.
+    errors.UserError: for an unknown name.
+    errors.MissingFileError: when the data is not prepared and `config.prepare` is False.
   """
   check_name(config.name)
   builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
@@ -69,7 +70,7 @@ def _prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDic
   if builder.is_prepared():
     return
   if not config.prepare:
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
         "config.dataset.prepare=False; prepare it once with TensorFlow installed, e.g. "
         f"`python -m vision_jax.data.prepare {config.name}`.")
@@ -89,6 +90,62 @@ def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
       split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
 
 
+def split_sizes(builder: tfds.core.DatasetBuilder) -> str:
+  """The dataset's splits with their sizes, e.g. "train (20000), test (2000)"."""
+  return ", ".join(f"{k} ({v.num_examples})" for k, v in builder.info.splits.items())
+
+
+def check_split(builder: tfds.core.DatasetBuilder, split: str) -> int | None:
+  """The number of examples of `split` (TFDS syntax: "train", "train[:10%]", "train+test").
+
+  None when the builder records no splits (e.g. under `tfds.testing.mock_data`).
+
+  Raises:
+    errors.UserError: naming the split and the dataset's splits, when it is unknown or empty.
+  """
+  name = builder.info.full_name
+  if not builder.info.splits:
+    return None
+  try:
+    size = builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as error:
+    raise errors.UserError(
+        f"Dataset {name!r} has no split {split!r} ({str(error).splitlines()[0]}); its splits: "
+        f"{split_sizes(builder)}. Set config.dataset.train_split / eval_split.") from error
+  if not size:
+    raise errors.UserError(
+        f"Split {split!r} of dataset {name!r} is empty; its splits: {split_sizes(builder)}. "
+        "Set config.dataset.train_split / eval_split to a non-empty one.")
+  return size
+
+
+def _has_feature(features, path: str) -> bool:
+  for part in path.split("/"):
+    features = getattr(features, "feature", features)  # Into a `Sequence`.
+    if not hasattr(features, "keys") or part not in features.keys():
+      return False
+    features = features[part]
+  return True
+
+
+def check_features(builder: tfds.core.DatasetBuilder, wanted: Mapping[str, str | None]) -> None:
+  """Raises a `UserError` when the dataset lacks one of the `wanted` features.
+
+  Args:
+    builder: the dataset.
+    wanted: feature (a path such as "captions/text" for nested ones) → the config field that
+      names it (e.g. "segmentation.mask_key"), or None when the task always reads that feature.
+  """
+  features = builder.info.features
+  for path, field in wanted.items():
+    if not _has_feature(features, path):
+      where = f" (config.{field}={path!r})" if field else ", which the task reads"
+      fix = f"set config.{field} to one of them, or pick" if field else "pick"
+      raise errors.UserError(
+          f"Dataset {builder.info.full_name!r} has no feature {path!r}{where}; its features: "
+          f"{sorted(features.keys())}. {fix.capitalize()} a dataset that has it.")
+
+
 def open_split(builder: tfds.core.DatasetBuilder, split: str,
                keys: Sequence[str] | Mapping[str, str] = ("image", "label"),
                in_memory: bool = False):
@@ -96,7 +153,7 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str,
 
   Args:
     builder: a prepared builder.
-    split: split name; TFDS names the valid ones if it is unknown.
+    split: split name (TFDS syntax); an unknown or empty one is a `UserError`.
     keys: the top-level features the task uses; other images (e.g. masks) are not decoded. A
       mapping {key: feature} renames: examples then hold `key`, read from `feature`.
     in_memory: decode the whole split once into numpy arrays (for datasets that fit in RAM:
@@ -104,6 +161,8 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str,
   """
   rename = dict(keys) if isinstance(keys, Mapping) else {}
   features = set(rename.values()) if rename else set(keys)
+  check_split(builder, split)
+  check_features(builder, dict.fromkeys(sorted(features)))
   decoders = {k: tfds.decode.SkipDecoding() for k, feature in builder.info.features.items()
               if k not in features and isinstance(feature, tfds.features.Image)}
   source = builder.as_data_source(split=split, decoders=decoders or None)

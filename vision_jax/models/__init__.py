@@ -8,11 +8,13 @@ the `'batch_stats'` collection; models with dropout draw from the `'dropout'` rn
 """
 
 from collections.abc import Callable
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vision_jax import errors
 from vision_jax.models import alexnet, googlenet, resnet, vgg, wide_resnet
 from vision_jax.models.mlp import MLP
 from vision_jax.models.simple_cnn import SimpleCNN
@@ -47,6 +49,19 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Fields `get_model` sets itself, so they are no model kwargs.
+_SET_BY_GET_MODEL = ("parent", "name", "num_classes", "dtype", "param_dtype")
+
+
+def model_fields(name: str) -> tuple[str, ...] | None:
+  """The fields of model `name` that `get_model` takes as kwargs (None: not a dataclass)."""
+  constructor = MODELS[name]
+  cls = getattr(constructor, "func", constructor)  # Variants are `functools.partial`s.
+  if not dataclasses.is_dataclass(cls):
+    return None
+  return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.name not in _SET_BY_GET_MODEL))
+
+
 def get_model(
     name: str, *, num_classes: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
     **kwargs: Any) -> nn.Module:
@@ -63,13 +78,22 @@ def get_model(
     The unbound module.
 
   Raises:
-    ValueError: If `name` is not registered.
+    errors.UserError: If `name` is not registered, `num_classes` is below 1, or a kwarg is no
+      field of the model.
   """
   if name not in MODELS:
-    raise ValueError(f"Unknown model {name!r}; valid choices: {sorted(MODELS)}")
+    raise errors.UserError(f"Unknown model {name!r}; valid choices: {sorted(MODELS)}")
+  if num_classes is not None and num_classes < 1:
+    raise errors.UserError(f"num_classes={num_classes} for model {name!r} must be >= 1 (the "
+                           "number of output logits).")
+  fields = model_fields(name)
+  unknown = sorted(set(kwargs) - set(fields)) if fields is not None else []
+  if unknown:
+    raise errors.UserError(f"Model {name!r} has no field {', '.join(unknown)}; its fields: "
+                           f"{', '.join(fields)}.")
   return MODELS[name](num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
 __all__ = [
-    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "resnet", "vgg",
-    "wide_resnet"]
+    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "model_fields", "resnet",
+    "vgg", "wide_resnet"]

@@ -2,6 +2,7 @@
 
 import ml_collections
 
+from vision_jax import errors
 from vision_jax.tasks.base import Task
 from vision_jax.tasks.captioning import CaptioningTask
 from vision_jax.tasks.classification import ClassificationTask
@@ -21,10 +22,11 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
   """The task `config.task` names, with its settings from the config.
 
   Raises:
-    ValueError: for an unknown task name.
+    errors.UserError: for an unknown task name.
   """
   if config.task not in TASKS:
-    raise ValueError(f"config.task={config.task!r} is not valid; valid choices: {sorted(TASKS)}")
+    raise errors.UserError(
+        f"config.task={config.task!r} is not valid; valid choices: {sorted(TASKS)}")
   return TASKS[config.task].from_config(config)
 
 

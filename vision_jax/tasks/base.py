@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import tensorflow_datasets as tfds
 
+from vision_jax.data import datasets
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
@@ -29,6 +31,16 @@ class Task:
   lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)
   # The eval metric plotted next to the loss in `curves.png`.
   curve_metric: ClassVar[str] = "loss"
+
+  @classmethod
+  def head_fields(cls) -> frozenset[str]:
+    """`config.model.kwargs` the task's own model takes; the others go to `config.model.name`."""
+    return frozenset()
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    """Raises a `UserError` when the dataset lacks a feature the task reads (tasks whose
+    features a config field names override this to name the field)."""
+    datasets.check_features(builder, dict.fromkeys(self.dataset_keys().values()))
 
   def prepare(self, builder: tfds.core.DatasetBuilder, train_source, workdir: str) -> "Task":
     """The task ready for this dataset and run (e.g. with a vocabulary); itself by default."""

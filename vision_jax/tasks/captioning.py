@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import pipeline
+from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import captioning as metrics_lib
 from vision_jax.models import captioner, decoding
 from vision_jax.tasks import base
@@ -109,6 +109,14 @@ class CaptioningTask(base.Task):
         vocab.save(path)
     return dataclasses.replace(self, vocab=vocab)
 
+  @classmethod
+  def head_fields(cls) -> frozenset[str]:
+    set_here = {"parent", "name", "backbone", "backbone_kwargs", "vocab_size", "dtype"}
+    return frozenset(f.name for f in dataclasses.fields(captioner.Captioner)) - set_here
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    datasets.check_features(builder, {"image": None, self.caption_key: "captioning.caption_key"})
+
   def example_transform(self, example: dict) -> dict:
     return {"image": example["image"],
             "tokens": self.vocab.encode(_text(_lookup(example, self.caption_key)),
@@ -118,7 +126,7 @@ class CaptioningTask(base.Task):
                   builder: tfds.core.DatasetBuilder) -> nn.Module:
     """A `Captioner` over the backbone `config.model.name`: `config.model.kwargs` that are no
     field of `Captioner` (e.g. `features` of SimpleCNN) go to the backbone."""
-    fields = {f.name for f in dataclasses.fields(captioner.Captioner)}
+    fields = self.head_fields()
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.kwargs.items()}
     backbone_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
     return captioner.Captioner(

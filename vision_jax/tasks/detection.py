@@ -34,7 +34,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vision_jax.data import pipeline, transforms
+from vision_jax import errors
+from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.evaluate import detection as det_metrics
 from vision_jax.models import faster_rcnn
 from vision_jax.tasks import base
@@ -115,16 +116,21 @@ class DetectionTask(base.Task):
     """Takes the class names from the dataset unless the config names them.
 
     Raises:
-      ValueError: when the dataset has no `<objects_key>` feature with a `label`.
+      errors.UserError: when the dataset has no `<objects_key>` feature with a `label`.
     """
     del train_source, workdir
     names = dataset_class_names(builder, self.objects_key)
     if not self.class_names:
       return dataclasses.replace(self, class_names=names)
     if len(self.class_names) != len(names):
-      raise ValueError(f"config.detection.class_names names {len(self.class_names)} classes, but "
-                       f"{builder.info.full_name!r} has {len(names)}: {names}.")
+      raise errors.UserError(
+          f"config.detection.class_names names {len(self.class_names)} classes, but "
+          f"{builder.info.full_name!r} has {len(names)}: {names}.")
     return self
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    datasets.check_features(builder, {"image": None, self.objects_key: "detection.objects_key"})
+    dataset_class_names(builder, self.objects_key)
 
   def example_transform(self, example: dict) -> dict:
     """Letterboxed image, padded pixel boxes (M, 4) and labels (M,)."""
@@ -242,17 +248,17 @@ def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> 
   """The names of `<objects_key>/label` in the dataset's features.
 
   Raises:
-    ValueError: when the feature is missing or has no names.
+    errors.UserError: when the feature is missing or has no names.
   """
   features = builder.info.features
   if objects_key not in features or "label" not in features[objects_key].feature:
-    raise ValueError(f"Dataset {builder.info.full_name!r} has no '{objects_key}/label' "
-                     f"feature (its features: {sorted(features)}); set "
-                     "config.detection.objects_key, or pick a dataset with boxes.")
+    raise errors.UserError(f"Dataset {builder.info.full_name!r} has no '{objects_key}/label' "
+                           f"feature (its features: {sorted(features)}); set "
+                           "config.detection.objects_key, or pick a dataset with boxes.")
   names = getattr(features[objects_key].feature["label"], "names", None)
   if not names:
-    raise ValueError(f"'{objects_key}/label' of {builder.info.full_name!r} has no class names; "
-                     "set config.detection.class_names.")
+    raise errors.UserError(f"'{objects_key}/label' of {builder.info.full_name!r} has no class "
+                           "names; set config.detection.class_names.")
   return tuple(names)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 
-from vision_jax.data import pipeline
+from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import segmentation as seg_metrics
 from vision_jax.models import fcn
 from vision_jax.tasks import base
@@ -112,6 +112,9 @@ class SegmentationTask(base.Task):
 
   def dataset_keys(self) -> dict[str, str]:
     return {"image": "image", "mask": self.mask_key}
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    datasets.check_features(builder, {"image": None, self.mask_key: "segmentation.mask_key"})
 
   def build_model(self, config: ml_collections.ConfigDict,
                   builder: tfds.core.DatasetBuilder | None) -> nn.Module:

@@ -6,9 +6,12 @@ TFDS's own `fashion_mnist` checks the download's checksums, which Debian's recom
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from vision_jax import errors
 
 DEFAULT_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -19,6 +22,8 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
+_REINSTALL = ("download it again, or reinstall the package: "
+              "apt-get install --reinstall dataset-fashion-mnist.")
 # IDX type byte -> element type; IDX data is big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -36,21 +41,26 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     An array of the header's shape, in native byte order (uint8 for Fashion-MNIST).
 
   Raises:
-    ValueError: on a bad header or a data size that does not match the header.
+    errors.UserError: naming the file when it is damaged: a truncated or corrupt gzip stream, a
+      bad header, or a data size that does not match the header.
   """
   with open(path, "rb") as f:
     raw = f.read()
   if raw[:2] == b"\x1f\x8b":
-    raw = gzip.decompress(raw)
+    try:
+      raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as error:
+      raise errors.UserError(f"{path} is damaged ({error}); {_REINSTALL}") from error
   if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
-    raise ValueError(f"{path}: not an IDX file (header {raw[:4].hex()}).")
+    raise errors.UserError(f"{path} is damaged: not an IDX file (header {raw[:4].hex()}); "
+                           f"{_REINSTALL}")
   dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
   shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
   offset = 4 + 4 * ndim
   expected = int(np.prod(shape)) * dtype.itemsize
   if len(raw) - offset != expected:
-    raise ValueError(f"{path}: header says {shape} x {dtype.itemsize} B = {expected} B of data, "
-                     f"file has {len(raw) - offset} B.")
+    raise errors.UserError(f"{path} is damaged: its header says {shape} x {dtype.itemsize} B = "
+                           f"{expected} B of data, it has {len(raw) - offset} B; {_REINSTALL}")
   return np.frombuffer(raw, dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -64,7 +74,7 @@ def find_files(directory: str | os.PathLike) -> dict[str, tuple[str, str]]:
     Split -> (images path, labels path).
 
   Raises:
-    FileNotFoundError: naming the directory and every missing file.
+    errors.MissingFileError: naming the directory and every missing file.
   """
   found, missing = {}, []
   for split, names in FILES.items():
@@ -79,7 +89,7 @@ def find_files(directory: str | os.PathLike) -> dict[str, tuple[str, str]]:
     found[split] = tuple(paths)
   if missing:
     state = "is missing" if os.path.isdir(directory) else "does not exist, so it lacks"
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"Fashion-MNIST directory {os.fspath(directory)!r} {state}: {', '.join(missing)}. "
         + FashionMnistLocal.MANUAL_DOWNLOAD_INSTRUCTIONS)
   return found
@@ -131,7 +141,7 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, images_path: str, labels_path: str):
     images, labels = read_idx(images_path), read_idx(labels_path)  # (N, 28, 28), (N,)
     if images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
-      raise ValueError(f"{images_path} {images.shape} and {labels_path} {labels.shape} do not "
-                       "hold matching 28x28 images and labels.")
+      raise errors.UserError(f"{images_path} {images.shape} and {labels_path} {labels.shape} do "
+                             f"not hold matching 28x28 images and labels; {_REINSTALL}")
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image[..., None], "label": int(label)}
