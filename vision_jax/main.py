@@ -8,7 +8,7 @@ processes (hosts): start the same command on each; see `vision_jax.distributed`.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vision_jax import distributed
+from vision_jax import distributed, errors
 from vision_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -27,6 +27,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value.strip():
+    raise errors.UserError("--workdir is empty; name the run's output directory, e.g. "
+                           "--workdir=runs/my_run.")
   if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every step at INFO.
     logging.set_verbosity(logging.WARNING)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -35,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -9,6 +9,7 @@ the data directory to the accelerator machine, train there with `--config.datase
 from absl import app, flags
 import ml_collections
 
+from vision_jax import errors
 from vision_jax.data import datasets
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory (default: TFDS's own).")
@@ -28,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax import models
+from vision_jax import errors, models
+from vision_jax.models import input_size
 
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input height and width.")
 _CHANNELS = flags.DEFINE_integer("channels", 3, "Input channels.")
@@ -56,8 +57,13 @@ def summary(name: str, image_size: int, channels: int = 3, num_classes: int = 10
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError(f"Name one model; valid choices: {sorted(models.MODELS)}")
+  models.get_model(argv[1], num_classes=_NUM_CLASSES.value)  # Checks the name and class count.
+  if _CHANNELS.value < 1:
+    raise errors.UserError(f"--channels={_CHANNELS.value} must be >= 1.")
+  input_size.check_input_size(argv[1], (_IMAGE_SIZE.value, _IMAGE_SIZE.value, _CHANNELS.value),
+                              fix="Set --image_size to at least that.")
   print(summary(argv[1], _IMAGE_SIZE.value, _CHANNELS.value, _NUM_CLASSES.value, _DEPTH.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -32,7 +32,9 @@ anything `np.asarray` takes. Only `load_torch_file` (and so the command line) ne
 import dataclasses
 import functools
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vision_jax import models
+from vision_jax import errors, models
 
 SUPPORTED = (
     "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
@@ -167,12 +169,12 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any]) -> dict[s
     `batch_stats` is empty for models without BatchNorm.
 
   Raises:
-    ValueError: If the model is not supported, or if any of our variables has no torch key, any
-      torch key is left over, or any shape does not match; the message lists all of them.
+    errors.UserError: If the model is not supported, or if any of our variables has no torch
+      key, any torch key is left over, or any shape does not match; the message lists them all.
   """
   if model_name not in SUPPORTED:
-    raise ValueError(f"Cannot convert torchvision weights for {model_name!r}; valid choices: "
-                     f"{list(SUPPORTED)}")
+    raise errors.UserError(f"Cannot convert torchvision weights for {model_name!r}; valid "
+                           f"choices: {list(SUPPORTED)}")
   arrays = {k: v for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")}
   kwargs = {}
   if model_name == "googlenet":
@@ -202,7 +204,7 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any]) -> dict[s
   unexpected = sorted(set(arrays) - used)
   if missing or unexpected or mismatched:
     fields = ", ".join(f"{k}={v}" for k, v in {"num_classes": num_classes, **kwargs}.items())
-    raise ValueError(
+    raise errors.UserError(
         f"torchvision state dict does not match our {model_name!r} ({fields}):\n"
         f"  missing keys: {missing}\n  unexpected keys: {unexpected}\n"
         f"  shape mismatches: {mismatched}")
@@ -211,12 +213,37 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any]) -> dict[s
 
 
 def load_torch_file(path: str) -> dict[str, np.ndarray]:
-  """Reads a torch `.pth` state dict (or a checkpoint dict holding one) as NumPy arrays."""
+  """Reads a torch `.pth` state dict (or a checkpoint dict holding one) as NumPy arrays.
+
+  Raises:
+    errors.UserError: naming the file when it is missing, no torch file, or no state dict (e.g.
+      a whole pickled model, `torch.save(model)`).
+  """
   import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  save_state_dict = "save the weights with `torch.save(model.state_dict(), path)`"
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f"--torch_file {path!r} does not exist.")
+  with open(path, "rb") as f:
+    pickled = f.read(1) == b"\x80"  # torch.save's legacy format is a pickle; else a zip.
+  if not (pickled or zipfile.is_zipfile(path)):
+    raise errors.UserError(f"{path} is not a torch file (no zip archive or pickle); "
+                           f"{save_state_dict}.")
+  try:
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  (junk fails anywhere in unpickling)
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+      raise errors.UserError(
+          f"{path} holds pickled Python objects, not only tensors (e.g. a whole model saved "
+          f"with `torch.save(model)`); {save_state_dict}.") from e
+    why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    raise errors.UserError(f"{path} is not a torch file torch.load can read ({why}); "
+                           f"{save_state_dict}.") from e
   for key in ("state_dict", "model"):  # Common wrappers of training checkpoints.
-    if isinstance(state_dict.get(key), Mapping):
+    if isinstance(state_dict, Mapping) and isinstance(state_dict.get(key), Mapping):
       state_dict = state_dict[key]
+  if not isinstance(state_dict, Mapping):
+    raise errors.UserError(f"{path} holds a {type(state_dict).__name__}, not a state dict "
+                           f"(names -> tensors); {save_state_dict}.")
   return {k: _to_numpy(v) for k, v in state_dict.items()}
 
 
@@ -249,4 +276,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("torch_file", None, "torchvision state dict (.pth).", required=True)
   flags.DEFINE_string("out", None, "Directory to write the converted variables to (must not "
                       "exist).", required=True)
-  app.run(main)
+  errors.run(main)

@@ -49,12 +49,16 @@ class Loaded:
   image_shape: tuple[int, int, int]
   step: int
 
+  def preprocess(self, images: np.ndarray) -> np.ndarray:
+    """`preprocess(images, self.config)`, checked against the model's input shape."""
+    return preprocess(images, self.config, self.image_shape)
+
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run wrote into `workdir/config.json`."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"{path} does not exist: {workdir!r} is not a training workdir (train with "
         "`python -m vision_jax.main --config=... --workdir=...` first).")
   with open(path) as f:
@@ -66,11 +70,12 @@ def _checkpoint_step(directory: str, step: int | None) -> int:
   # Finalised step directories only: Orbax renames a step's temporary directory when complete.
   steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
   if not steps:
-    raise FileNotFoundError(f"No checkpoint in {directory!r}; train (or resume) first.")
+    raise errors.MissingFileError(f"No checkpoint in {directory!r}; train (or resume) first.")
   if step is None:
     return steps[-1]
   if step not in steps:
-    raise ValueError(f"No checkpoint at step {step} in {directory!r}; valid choices: {steps}")
+    raise errors.UserError(f"No checkpoint at step {step} in {directory!r}; valid choices: "
+                           f"{steps}")
   return step
 
 
@@ -141,16 +146,55 @@ def resize(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
                    ["image"] for im in images])
 
 
-def preprocess(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+def check_images(images: np.ndarray, image_shape: tuple[int, int, int] | None = None,
+                 resized: bool = False) -> None:
+  """Raises a `UserError` unless `images` is a batch (B, H, W, C) the model takes.
+
+  Args:
+    images: the batch.
+    image_shape: (H, W, C) of the model's input (`Loaded.image_shape`); None checks the rank
+      and emptiness only.
+    resized: whether H and W may differ (`preprocess` resizes them to `input.image_size`).
+  """
+  shape = tuple(np.shape(images))
+  want = "(B, H, W, C)" if image_shape is None else "(B, {}, {}, {})".format(*image_shape)
+  if len(shape) != 4:
+    hint = "; for one image add the batch axis: images[None]" if len(shape) == 3 else ""
+    raise errors.UserError(f"Images of shape {shape}: the model takes a batch {want}{hint}.")
+  if 0 in shape:
+    raise errors.UserError(f"Images of shape {shape} are empty; the model takes {want}.")
+  if image_shape is None:
+    return
+  if shape[-1] != image_shape[-1]:
+    raise errors.UserError(
+        f"Images of shape {shape} have {shape[-1]} channel(s), the model takes {want}: convert "
+        "them (PIL: .convert('RGB') or .convert('L')), or read files with `read_image`.")
+  if not resized and shape[1:3] != tuple(image_shape[:2]):
+    raise errors.UserError(f"Images of shape {shape}: the model takes {want}.")
+
+
+def preprocess(images: np.ndarray, config: ml_collections.ConfigDict,
+               image_shape: tuple[int, int, int] | None = None) -> np.ndarray:
   """uint8 images (B, H, W, C) as the model saw them in evaluation: resized, normalised.
 
   Args:
     images: (B, H, W, C) uint8 (channels as the dataset has them).
     config: the run's config (`input.image_size`, `input.mean`, `input.std`).
+    image_shape: the model's (H, W, C) (`Loaded.image_shape`), to check `images` against.
 
   Returns:
     (B, H', W', C) float32.
+
+  Raises:
+    errors.UserError: for images that are no batch or have the wrong channels (or size, when
+      the run kept the dataset's size).
   """
+  check_images(images, image_shape, resized=config.input.image_size is not None)
+  channels = len(config.input.mean)
+  if image_shape is None and channels > 1 and np.shape(images)[-1] != channels:
+    raise errors.UserError(
+        f"Images of shape {np.shape(images)} have {np.shape(images)[-1]} channel(s), but the run "
+        f"normalised {channels} (config.input.mean={tuple(config.input.mean)}); convert them.")
   images = resize(images, config)
   mean = np.asarray(config.input.mean, np.float32)
   std = np.asarray(config.input.std, np.float32)
@@ -168,8 +212,8 @@ def eval_examples(config: ml_collections.ConfigDict,
   source = datasets.open_split(builder, config.dataset.eval_split)
   bad = [i for i in indices if not 0 <= i < len(source)]
   if bad:
-    raise ValueError(f"Indices {bad} are outside the {config.dataset.eval_split!r} split "
-                     f"(0 to {len(source) - 1}).")
+    raise errors.UserError(f"Indices {bad} are outside the {config.dataset.eval_split!r} split "
+                           f"(0 to {len(source) - 1}).")
   examples = [source[i] for i in indices]
   return (np.stack([e["image"] for e in examples]),
           np.array([int(e["label"]) for e in examples]))
@@ -182,8 +226,13 @@ def read_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   """
   h, w, c = image_shape
   if h != w:
-    raise ValueError(f"Only square model inputs are supported, not {image_shape}.")
-  image = np.asarray(Image.open(path).convert("L" if c == 1 else "RGB"))
+    raise errors.UserError(f"Only square model inputs are supported, not {image_shape}.")
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f"Image file {path!r} does not exist.")
+  try:
+    image = np.asarray(Image.open(path).convert("L" if c == 1 else "RGB"))
+  except (OSError, SyntaxError) as e:  # PIL: unreadable or not an image.
+    raise errors.UserError(f"{path} is not an image file PIL can read ({e}).") from e
   image = image[..., None] if c == 1 else image
   return transforms.resize_and_center_crop({"image": image}, h)["image"]
 

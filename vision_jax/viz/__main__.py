@@ -17,14 +17,16 @@ A trained classifier (`--workdir` of a `vision_jax.main` run; latest checkpoint 
 Examples:
   python -m vision_jax.viz convolution --out conv.png
   python -m vision_jax.viz gradcam --workdir runs/shapes_cnn --indices 0,1,2,3 --out cam.png
+
+Bad input prints one line (`error: ...`, exit status 2); add --traceback to see the traceback.
 """
 
 import argparse
-import sys
 
 import jax
 import numpy as np
 
+from vision_jax import errors
 from vision_jax.train import inference
 from vision_jax.viz import (activations, attribution, convolution, filters, max_pool,
                             model_pictures, pixels, sample_images, x_vs_o)
@@ -76,7 +78,8 @@ def _class_index(value: str | None, names: tuple[str, ...]) -> int | None:
     return names.index(value)
   if value.isdigit() and int(value) < len(names):
     return int(value)
-  raise ValueError(f"Unknown class {value!r}; valid choices: {list(names)} or 0-{len(names) - 1}")
+  raise errors.UserError(
+      f"Unknown class {value!r}; valid choices: {list(names)} or 0-{len(names) - 1}")
 
 
 def _title(loaded: inference.Loaded, what: str) -> str:
@@ -105,10 +108,10 @@ def _first_layer(args) -> None:
 def _feature_maps(args) -> None:
   loaded = _load(args)
   images, _ = _inputs(args, loaded)
-  x = inference.preprocess(images[:1], loaded.config)
+  x = loaded.preprocess(images[:1])
   tr = activations.trace(loaded.model, loaded.variables, x)
   if not tr.spatial_names():
-    raise ValueError(f"{loaded.config.model.name} has no (B, H, W, C) activations to show.")
+    raise errors.UserError(f"{loaded.config.model.name} has no (B, H, W, C) activations to show.")
   layer = args.layer or tr.spatial_names()[0]
   maps = np.asarray(jax.device_get(tr.get(layer)), np.float32)[0]  # (H', W', K)
   model_pictures.plot_feature_maps(images[0], maps, args.out, title=_title(
@@ -119,7 +122,7 @@ def _saliency(args) -> None:
   loaded = _load(args)
   images, labels = _inputs(args, loaded)
   maps, classes, _ = attribution.saliency(
-      loaded.model, loaded.variables, inference.preprocess(images, loaded.config),
+      loaded.model, loaded.variables, loaded.preprocess(images),
       _class_index(args.class_, loaded.class_names))
   model_pictures.plot_saliency(images, np.asarray(maps), np.asarray(classes), labels,
                                loaded.class_names, args.out,
@@ -130,7 +133,7 @@ def _gradcam(args) -> None:
   loaded = _load(args)
   images, labels = _inputs(args, loaded)
   maps, classes, _, layer = attribution.grad_cam(
-      loaded.model, loaded.variables, inference.preprocess(images, loaded.config), args.layer,
+      loaded.model, loaded.variables, loaded.preprocess(images), args.layer,
       _class_index(args.class_, loaded.class_names))
   model_pictures.plot_gradcam(images, np.asarray(maps), np.asarray(classes), labels,
                               loaded.class_names, args.out,
@@ -204,7 +207,4 @@ def main(argv: list[str] | None = None) -> str | None:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (ValueError, FileNotFoundError) as error:  # Bad names or paths: the message says why.
-    sys.exit(f"error: {error}")
+  errors.run_argparse(main)  # Bad input: one line (`--traceback` for the traceback).

@@ -21,6 +21,8 @@ import dataclasses
 import flax.linen as nn
 import jax
 
+from vision_jax import errors
+
 CALL = "__call__"
 
 
@@ -55,7 +57,7 @@ class Trace:
     return [s for s, m in self.aliases.items() if m in spatial] + spatial
 
   def get(self, name: str, valid: list[str] | None = None) -> jax.Array:
-    """The activation called `name`; a ValueError lists the valid names if it is unknown.
+    """The activation called `name`; a UserError lists the valid names if it is unknown.
 
     Args:
       name: a stage or a "path/__call__".
@@ -63,7 +65,7 @@ class Trace:
     """
     valid = self.spatial_names() if valid is None else valid
     if name not in valid:
-      raise ValueError(f"Unknown or unsuitable layer {name!r}; valid choices: {valid}")
+      raise errors.UserError(f"Unknown or unsuitable layer {name!r}; valid choices: {valid}")
     return self.features[name] if name in self.features else self.modules[name]
 
 

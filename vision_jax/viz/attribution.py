@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax import errors
 from vision_jax.viz import activations
 
 
@@ -65,17 +66,17 @@ def grad_cam(model: nn.Module, variables: dict, images: jax.Array, layer: str | 
     (B, N) logits, and the layer used.
 
   Raises:
-    ValueError: for a layer that is unknown or not a (B, H, W, C) module output, listing the
+    errors.UserError: for a layer that is unknown or not a (B, H, W, C) module output, listing the
       valid choices.
   """
   tr = activations.trace(model, variables, images)
   valid = tr.perturbable_names()
   if layer is None:
     if not valid:
-      raise ValueError("The model has no (B, H, W, C) module output to compute Grad-CAM on.")
+      raise errors.UserError("The model has no (B, H, W, C) module output to compute Grad-CAM on.")
     layer = valid[-1]
   if layer in tr.features and layer not in valid:
-    raise ValueError(
+    raise errors.UserError(
         f"Stage {layer!r} is computed outside any submodule (e.g. by a pooling function), so "
         f"there is nothing to take its gradient at; use a module output; valid choices: {valid}")
   a = tr.get(layer, valid).astype(jnp.float32)  # (B, H', W', K)

@@ -6,6 +6,7 @@ Before CNNs learned their filters, people designed them; these are the course no
 
 import numpy as np
 
+from vision_jax import errors
 from vision_jax.viz import figures
 
 CLASSIC_FILTERS = {
@@ -68,7 +69,7 @@ def plot_filters(image: np.ndarray, path: str,
   """
   unknown = [n for n in names if n not in CLASSIC_FILTERS]
   if unknown:
-    raise ValueError(f"Unknown filters {unknown}; valid choices: {list(CLASSIC_FILTERS)}")
+    raise errors.UserError(f"Unknown filters {unknown}; valid choices: {list(CLASSIC_FILTERS)}")
   fig, axes = figures.grid(1, 1 + len(names), panel=(3.0, 3.5),
                            title=title or "Producing feature maps with hand-made filters")
   figures.show(axes[0, 0], image, title="original", vmin=0, vmax=255)

@@ -10,6 +10,7 @@ from flax import traverse_util
 import matplotlib.cm
 import numpy as np
 
+from vision_jax import errors
 from vision_jax.viz import figures
 
 
@@ -24,7 +25,7 @@ def first_conv_kernel(params: dict) -> tuple[str, np.ndarray]:
   for path, value in traverse_util.flatten_dict(params).items():
     if path[-1] == "kernel" and np.ndim(value) == 4:
       return "/".join(path), np.asarray(value)
-  raise ValueError("The model has no convolution kernel (4-D 'kernel' parameter).")
+  raise errors.UserError("The model has no convolution kernel (4-D 'kernel' parameter).")
 
 
 def _grid_shape(n: int, max_cols: int = 8) -> tuple[int, int]:

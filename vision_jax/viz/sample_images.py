@@ -11,6 +11,7 @@ import matplotlib.cbook
 import numpy as np
 from PIL import Image
 
+from vision_jax import errors
 from vision_jax.data.builders import fashion_mnist_local, shapes_render
 
 SOURCES = ("photo", "fashion_mnist", "shapes")
@@ -58,7 +59,7 @@ def load(source: str, gray: bool = True, index: int = 0, size: int = 128) -> np.
   elif source == "shapes":
     image = shapes(seed=index)
   else:
-    raise ValueError(f"Unknown image source {source!r}; valid choices: {list(SOURCES)}")
+    raise errors.UserError(f"Unknown image source {source!r}; valid choices: {list(SOURCES)}")
   if gray and image.ndim == 3:
     image = np.asarray(Image.fromarray(image).convert("L"))
   return image
