@@ -157,6 +157,13 @@ def test_unprepared_dataset_with_prepare_false_is_a_missing_file(tmp_path):
     datasets.get_builder(c.dataset)
 
 
+def test_unknown_dataset_config_lists_the_valid_ones(tmp_path):
+  c = _config(**{"dataset.name": "synthetic_shapes/size31", "dataset.data_dir": str(tmp_path)})
+  with pytest.raises(errors.UserError, match=r"config.dataset.name='synthetic_shapes/size31': "
+                     r"BuilderConfig size31 not found.*valid: synthetic_shapes/size32"):
+    datasets.get_builder(c.dataset)
+
+
 def test_truncated_gz_idx_file_names_the_file(tmp_path):
   pixels = np.random.default_rng(0).integers(0, 256, 2 * 28 * 28, np.uint8).tobytes()
   packed = gzip.compress(struct.pack(">BBBBIII", 0, 0, 0x08, 3, 2, 28, 28) + pixels)

@@ -54,16 +54,28 @@ def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     errors.MissingFileError: when the data is not prepared and `config.prepare` is False.
   """
   check_name(config.name)
-  builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+  builder = _builder(config)
   if jax.process_count() > 1:
     # Process 0 prepares first (a shared file system then serves everyone); a process that
     # still finds nothing has a disk of its own and prepares there.
     if jax.process_index() == 0:
       _prepare(builder, config)
     multihost_utils.sync_global_devices(f"prepared {config.name}")
-    builder = tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+    builder = _builder(config)
   _prepare(builder, config)
   return builder
+
+
+def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """`tfds.builder`, with an unknown config or version of a known dataset as a `UserError`."""
+  try:
+    return tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+  except (ValueError, AssertionError) as error:  # TFDS: "Failed to construct dataset ...: why"
+    why = " ".join(str(error).split('": ', 1)[-1].split()).split(" Here are")[0].rstrip(".")
+    configs = getattr(tfds.builder_cls(_base_name(config.name)), "builder_configs", {})
+    valid = f"; valid: {', '.join(_base_name(config.name) + '/' + c for c in configs)}"
+    raise errors.UserError(f"config.dataset.name={config.name!r}: {why}"
+                           f"{valid if configs else ''}") from error
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
