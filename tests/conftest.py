@@ -14,6 +14,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 import pytest  # noqa: E402  (after XLA_FLAGS, on purpose)
 
 
+@pytest.fixture
+def float64():
+  """JAX's 64-bit mode for one test (with `config.model.dtype="float64"` or float64 models).
+
+  Equivalence checks (jit vs pmap, 1 vs 8 devices, accumulation vs one large batch) run in
+  float64, so that their tight tolerance is decided by the maths, not by float32 rounding of
+  sums taken in another order, which differs between CPUs.
+  """
+  import jax
+  with jax.enable_x64(True):
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes_dir(tmp_path_factory):
   """A TFDS data dir holding `synthetic_shapes/tiny32` (256 train, 64 test), prepared once."""

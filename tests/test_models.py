@@ -10,6 +10,7 @@ block types, projection shortcuts) and the deeper repeats run with `pytest -m sl
 
 import functools
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ import optax
 import pytest
 
 from vision_jax import models
-from vision_jax.models import resnet
+from vision_jax.models import captioner, faster_rcnn, fcn, precision, resnet
 
 BATCH = 4
 NUM_CLASSES = 5
@@ -85,6 +86,46 @@ def test_output_contract_in_bfloat16(name):
       assert value.shape[0] == BATCH, key
       # Auxiliary classifier logits (GoogLeNet, training only) are float32 like the main logits.
       assert value.dtype == (jnp.float32 if key.startswith("aux") else jnp.bfloat16), key
+
+
+# One model per file that casts its outputs.
+@pytest.mark.parametrize("name", ["mlp", "simple_cnn", "resnet20", "wrn40_4", "alexnet",
+                                  "vgg11_bn", "googlenet"])
+def test_output_contract_in_float64(name, float64):
+  """config.model.dtype="float64": parameters, statistics, logits and features in float64."""
+  model = models.get_model(name, num_classes=NUM_CLASSES, **precision.dtypes("float64"))
+  variables = _abstract_variables(model)
+  assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float64)}
+  apply = functools.partial(model.apply, train=True, mutable=["batch_stats"],
+                            rngs={"dropout": jax.random.key(1)})
+  (logits, features), _ = jax.eval_shape(apply, variables, IMAGES)  # float32 images in.
+  assert {logits.dtype} | {v.dtype for v in features.values()} == {jnp.dtype(jnp.float64)}
+
+
+def test_heads_keep_float64_through_their_losses(float64):
+  """FCN, captioner and Faster R-CNN: outputs and losses stay float64 (no float32 cast)."""
+  dtypes = precision.dtypes("float64")
+  key, images = jax.random.key(0), jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  small = flax.core.FrozenDict({"widths": (4, 4, 8, 8, 8)})
+  seg = fcn.FCN(num_classes=3, backbone="vgg11_bn", backbone_kwargs=small, **dtypes)
+  (logits, _), _ = jax.eval_shape(lambda x: seg.init_with_output(key, x), images)
+  assert logits.dtype == jnp.float64
+  cap = captioner.Captioner(backbone="simple_cnn", feature="conv2", vocab_size=9, embed_dim=4,
+                            hidden_dim=8, attention_dim=4, **dtypes)
+  tokens = jnp.ones((2, 5), jnp.int32)
+  loss = jax.eval_shape(lambda x: captioner.caption_loss(
+      cap.init_with_output(key, x, tokens)[0][0], tokens)[0], images)
+  assert loss.dtype == jnp.float64
+  det = faster_rcnn.FasterRCNN(num_classes=3, backbone="vgg11_bn", backbone_kwargs=small,
+                               feature_width=8, rpn_width=8, head_width=8, anchor_sizes=(8.0,),
+                               rpn_pre_nms_train=16, rpn_post_nms_train=8, roi_batch_size=4,
+                               **dtypes)
+  boxes = jnp.tile(jnp.array([[[4.0, 4.0, 20.0, 20.0]]], jnp.float32), (2, 1, 1))
+  (losses, _), _ = jax.eval_shape(lambda x: det.init_with_output(
+      {"params": key, "dropout": key}, x, boxes, jnp.zeros((2, 1), jnp.int32), train=True),
+      images)
+  assert {losses[k].dtype for k in ("rpn_objectness", "rpn_box", "rcnn_class", "rcnn_box")} == {
+      jnp.dtype(jnp.float64)}
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 1), (2, 37, 45, 4)])

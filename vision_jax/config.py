@@ -16,7 +16,7 @@ from vision_jax.errors import UserError
 STRATEGIES = ("jit", "pmap")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float64")  # See vision_jax/models/precision.py.
 TRAIN_CROPS = ("pad", "random_resized", "random_scale")
 FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.models.fcn.VARIANTS (not imported).
 # Numeric fields: (field, test, the valid range). Unset optional fields (None) are not tested.
@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "simple_cnn"
-  c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
+  c.model.dtype = "float32"  # Compute dtype; parameters stay float32 (float64: both, x64 mode).
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific fields, e.g. dropout_rate.
   # Pretrained weights: a directory written by `python -m vision_jax.models.torch_import`. Used
   # when training starts (not on resume); layers of another shape (the head) stay fresh.
@@ -197,10 +197,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """
   # Imported here: the schema itself must stay import-light.
   from vision_jax import models, tasks
+  from vision_jax.models import precision
 
   _check_choice("task", config.task, sorted(tasks.TASKS))
   _check_choice("model.name", config.model.name, sorted(models.MODELS))
   _check_choice("model.dtype", config.model.dtype, DTYPES)
+  precision.dtypes(config.model.dtype)  # float64 without JAX's 64-bit mode fails here.
   _check_choice("optim.name", config.optim.name, OPTIMIZERS)
   _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
   _check_choice("train.best_metric", config.train.best_metric,

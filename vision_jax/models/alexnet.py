@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling
+from vision_jax.models import pooling, precision
 
 # One convolution: (filters, kernel size, stride, padding, followed by a 3x3/2 max-pool).
 ConvSpec = tuple[int, int, int, int, bool]
@@ -110,8 +110,8 @@ class AlexNet(nn.Module):
       x = nn.relu(dense(self.hidden, name=name)(x))  # (B, hidden)
       out[name] = x
     x = dense(self.num_classes, name="head")(x)
-    # Softmax and the loss run in float32 even when the network computes in bfloat16.
-    return x.astype(jnp.float32), out
+    # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
+    return x.astype(precision.output_dtype(self.dtype)), out
 
 
 ZFNet = functools.partial(AlexNet, convs=ZFNET_CONVS, ceil_mode=True)

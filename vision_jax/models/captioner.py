@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax import models
+from vision_jax.models import precision
 
 # LSTM carry (c, h), each (B, hidden_dim).
 Carry = tuple[jax.Array, jax.Array]
@@ -53,7 +54,8 @@ class Captioner(nn.Module):
       small VGG).
     backbone_classes: `num_classes` of the backbone's head, which the captioner never uses. Set
       it to a classification checkpoint's to load that checkpoint's params as they are.
-    dtype: Computation dtype (e.g. jnp.bfloat16); logits and attention weights stay float32.
+    dtype: Computation dtype (e.g. jnp.bfloat16); logits and attention weights stay float32
+      (float64 in float64 mode).
     param_dtype: Parameter dtype.
   """
 
@@ -138,7 +140,7 @@ class Captioner(nn.Module):
       _, h = carry
       query = self.att_query(h)[:, None]  # (B, 1, A)
       scores = self.att_score(jnp.tanh(encoded["keys"] + query))[..., 0]  # (B, N)
-      alpha = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)  # (B, N)
+      alpha = jax.nn.softmax(scores.astype(precision.output_dtype(self.dtype)), axis=-1)  # (B, N)
       context = jnp.einsum("bn,bnc->bc", alpha.astype(self.dtype), encoded["grid"])  # (B, C)
       if self.gate:
         context = nn.sigmoid(self.att_gate(h)) * context
@@ -147,7 +149,7 @@ class Captioner(nn.Module):
     carry, h = self.cell(carry, x)  # h: (B, D)
     out = jnp.concatenate([h, context.astype(h.dtype)], axis=-1) if self.attention else h
     out = self.dropout(out, deterministic=not train)
-    return carry, (self.head(out).astype(jnp.float32), aux)
+    return carry, (self.head(out).astype(precision.output_dtype(self.dtype)), aux)
 
   def decode_step(self, carry: Carry, tokens: jax.Array, encoded: dict[str, jax.Array],
                   train: bool = False) -> tuple[Carry, jax.Array, dict[str, jax.Array]]:
@@ -207,7 +209,8 @@ def caption_loss(logits: jax.Array, targets: jax.Array,
     over batches for `vision_jax.evaluate.captioning.perplexity`.
   """
   mask = (targets != pad_id).astype(jnp.float32)  # (B, T)
-  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  logits = logits.astype(precision.output_dtype(logits.dtype))  # At least float32.
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   nll_sum = jnp.sum(nll * mask)
   count = jnp.sum(mask)
   return nll_sum / jnp.maximum(count, 1.0), (nll_sum, count)

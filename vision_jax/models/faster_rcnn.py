@@ -30,7 +30,7 @@ import optax
 
 from vision_jax import models
 from vision_jax.models import detection_targets as targets
-from vision_jax.models import fcn
+from vision_jax.models import fcn, precision
 from vision_jax.ops import anchors as anchor_ops
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops.roi_align import roi_align
@@ -127,7 +127,8 @@ class FasterRCNN(nn.Module):
     max_detections: detections per image (static).
     max_candidates: (proposal, class) candidates entering the final NMS.
     bn_axis_name: passed to the backbone's BatchNorm (pmap); None leaves its default.
-    dtype: computation dtype of the networks; box arithmetic and losses are float32.
+    dtype: computation dtype of the networks; box arithmetic and losses are float32 (float64
+      in float64 mode).
     param_dtype: parameter dtype.
   """
 
@@ -207,8 +208,8 @@ class FasterRCNN(nn.Module):
                          kernel_init=nn.initializers.normal(0.01))(x)
     deltas = self._dense(4 * self.num_classes, "box_deltas",
                          kernel_init=nn.initializers.normal(0.001))(x)
-    return (logits.astype(jnp.float32),
-            deltas.astype(jnp.float32).reshape(*x.shape[:2], self.num_classes, 4))
+    out = precision.output_dtype(self.dtype)
+    return (logits.astype(out), deltas.astype(out).reshape(*x.shape[:2], self.num_classes, 4))
 
   @nn.compact
   def __call__(self, images: jax.Array, gt_boxes: jax.Array | None = None,
@@ -240,8 +241,9 @@ class FasterRCNN(nn.Module):
     small_init = nn.initializers.normal(0.01)
     rpn_logits = self._conv(num_anchors, 1, "rpn_objectness", kernel_init=small_init)(t)
     rpn_deltas = self._conv(4 * num_anchors, 1, "rpn_deltas", kernel_init=small_init)(t)
-    rpn_logits = rpn_logits.astype(jnp.float32).reshape(batch, -1)  # (B, N)
-    rpn_deltas = rpn_deltas.astype(jnp.float32).reshape(batch, -1, 4)  # (B, N, 4)
+    out_dtype = precision.output_dtype(self.dtype)  # float32, or float64 in float64 mode.
+    rpn_logits = rpn_logits.astype(out_dtype).reshape(batch, -1)  # (B, N)
+    rpn_deltas = rpn_deltas.astype(out_dtype).reshape(batch, -1, 4)  # (B, N, 4)
 
     pre, post = ((self.rpn_pre_nms_train, self.rpn_post_nms_train) if train else
                  (self.rpn_pre_nms_test, self.rpn_post_nms_test))
@@ -261,7 +263,7 @@ class FasterRCNN(nn.Module):
 
     if gt_boxes is None or gt_labels is None:
       raise ValueError("FasterRCNN needs gt_boxes and gt_labels in training.")
-    gt_boxes = gt_boxes.astype(jnp.float32)
+    gt_boxes = gt_boxes.astype(out_dtype)
     rpn_keys, roi_keys = jax.random.split(self.make_rng("dropout"), (2, batch))
     rpn = jax.vmap(lambda k, b, l: targets.rpn_targets(
         k, anchors, b, l, num=self.rpn_batch_size,

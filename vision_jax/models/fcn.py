@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_jax import models
+from vision_jax.models import precision
 
 VARIANTS = ("32s", "16s", "8s", "4s")
 # Variant → the strides whose stages it scores, coarsest first. "4s" (one skip further than the
@@ -197,7 +198,7 @@ class FCN(nn.Module):
       then costs two small matmuls instead of a large transposed convolution.
     dropout_rate: Dropout after fc6 and fc7 in training (0.5 in the paper).
     bn_axis_name: Passed to the backbone's BatchNorm (pmap); None leaves the backbone's default.
-    dtype: Computation dtype; the logits are float32.
+    dtype: Computation dtype; the logits are float32 (float64 in float64 mode).
     param_dtype: Parameter dtype.
   """
 
@@ -267,4 +268,4 @@ class FCN(nn.Module):
     else:
       logits = bilinear_upsample(y, strides[-1])
     logits = fit(logits, height, width)  # (B, H, W, K)
-    return logits.astype(jnp.float32), features
+    return logits.astype(precision.output_dtype(self.dtype)), features

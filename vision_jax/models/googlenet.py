@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling
+from vision_jax.models import pooling, precision
 from vision_jax.models.layers import ConvNormAct, ModuleDef
 
 # torchvision's `transform_input` undoes this normalisation (RGB) and applies mean = std = 0.5.
@@ -102,7 +102,8 @@ class InceptionAux(nn.Module):
     x = x.reshape(x.shape[0], -1)  # (B, 2048)
     x = nn.relu(self.dense(1024, name="fc1")(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return self.dense(self.num_classes, name="fc2")(x).astype(jnp.float32)
+    x = self.dense(self.num_classes, name="fc2")(x)
+    return x.astype(precision.output_dtype(x.dtype))
 
 
 class GoogLeNet(nn.Module):
@@ -152,7 +153,8 @@ class GoogLeNet(nn.Module):
     # epsilon 1e-3, not 1e-5: torchvision's GoogLeNet uses it, and ported weights expect it.
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+        force_float32_reductions=precision.float32_statistics(self.dtype))
     conv_norm = functools.partial(ConvNormAct, conv=conv, norm=norm)
     dense = functools.partial(
         nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -196,5 +198,5 @@ class GoogLeNet(nn.Module):
     out["pooled"] = x
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense(self.num_classes, name="head")(x)
-    # Softmax and the loss run in float32 even when the network computes in bfloat16.
-    return x.astype(jnp.float32), out
+    # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
+    return x.astype(precision.output_dtype(self.dtype)), out

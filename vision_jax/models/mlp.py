@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models import precision
+
 
 class MLP(nn.Module):
   """Multi-layer perceptron classifier.
@@ -43,5 +45,5 @@ class MLP(nn.Module):
       x = nn.relu(x)  # (B, width)
       features[f"hidden{i + 1}"] = x
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-    # Softmax and the loss run in float32 even when the network computes in bfloat16.
-    return x.astype(jnp.float32), features
+    # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
+    return x.astype(precision.output_dtype(self.dtype)), features

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax import models
-from vision_jax.models import detection_targets
+from vision_jax.models import detection_targets, precision
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops import roi_align
 
@@ -139,8 +139,9 @@ class RCNN(nn.Module):
     # Fast R-CNN's initialisation: small random classifier, smaller box regressor.
     logits = dense(self.num_classes + 1, "cls_score", 0.01)(x)  # (R, K + 1)
     deltas = dense(self.num_classes * 4, "bbox_pred", 0.001)(x)  # (R, 4K)
-    logits = logits.astype(jnp.float32).reshape(*lead, self.num_classes + 1)
-    deltas = deltas.astype(jnp.float32).reshape(*lead, self.num_classes, 4)
+    out = precision.output_dtype(self.dtype)  # float32, or float64 in float64 mode.
+    logits = logits.astype(out).reshape(*lead, self.num_classes + 1)
+    deltas = deltas.astype(out).reshape(*lead, self.num_classes, 4)
     return logits, deltas
 
 

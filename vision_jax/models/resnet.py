@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models import precision
 from vision_jax.models.layers import ConvNormAct, ModuleDef
 
 
@@ -115,7 +116,8 @@ class ResNet(nn.Module):
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+        force_float32_reductions=precision.float32_statistics(self.dtype))
     conv_norm = functools.partial(ConvNormAct, conv=conv, norm=norm)
 
     out = {}
@@ -139,8 +141,8 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))  # (B, C')
     out["pooled"] = x
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-    # Softmax and the loss run in float32 even when the network computes in bfloat16.
-    return x.astype(jnp.float32), out
+    # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
+    return x.astype(precision.output_dtype(self.dtype)), out
 
 
 _cifar = functools.partial(ResNet, block_cls=BasicBlock, num_filters=16, stem="cifar")

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling
+from vision_jax.models import pooling, precision
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -83,7 +83,8 @@ class VGG(nn.Module):
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype)
+        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+        force_float32_reductions=precision.float32_statistics(self.dtype))
     dense = functools.partial(
         nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
         kernel_init=nn.initializers.normal(0.01))
@@ -108,8 +109,8 @@ class VGG(nn.Module):
       out[name] = x
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense(self.num_classes, name="head")(x)
-    # Softmax and the loss run in float32 even when the network computes in bfloat16.
-    return x.astype(jnp.float32), out
+    # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
+    return x.astype(precision.output_dtype(self.dtype)), out
 
 
 VGG11 = functools.partial(VGG, stage_sizes=(1, 1, 2, 2, 2))

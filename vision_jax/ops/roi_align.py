@@ -69,7 +69,7 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int | tuple[in
   rows, cols = (output_size, output_size) if isinstance(output_size, int) else output_size
   _, height, width, _ = features.shape
   offset = 0.5 if aligned else 0.0
-  scaled = boxes.astype(jnp.float32) * spatial_scale - offset  # (B, R, 4)
+  scaled = boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32)) * spatial_scale - offset
   y0, x0, y1, x1 = (scaled[..., i] for i in range(4))
   h, w = y1 - y0, x1 - x0
   if not aligned:

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import captioning as metrics_lib
-from vision_jax.models import captioner, decoding
+from vision_jax.models import captioner, decoding, precision
 from vision_jax.tasks import base
 from vision_jax.text.tokenizer import Vocabulary
 from vision_jax.train import parallel
@@ -131,7 +131,7 @@ class CaptioningTask(base.Task):
     backbone_kwargs = {k: v for k, v in kwargs.items() if k not in fields}
     return captioner.Captioner(
         backbone=config.model.name, vocab_size=len(self.vocab),
-        dtype=jnp.dtype(config.model.dtype),
+        **precision.dtypes(config.model.dtype),
         backbone_kwargs=flax.core.FrozenDict(backbone_kwargs),
         **{k: v for k, v in kwargs.items() if k in fields})
 

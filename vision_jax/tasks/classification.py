@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from vision_jax import models
 from vision_jax.evaluate import classification
+from vision_jax.models import precision
 from vision_jax.tasks import base
 
 
@@ -45,7 +46,7 @@ class ClassificationTask(base.Task):
                   builder: tfds.core.DatasetBuilder) -> nn.Module:
     return models.get_model(config.model.name,
                             num_classes=builder.info.features["label"].num_classes,
-                            dtype=jnp.dtype(config.model.dtype), **config.model.kwargs)
+                            **precision.dtypes(config.model.dtype), **config.model.kwargs)
 
   def loss(self, outputs, batch: dict) -> tuple[jax.Array, dict]:
     logits, features = outputs

@@ -37,7 +37,7 @@ from PIL import Image
 from vision_jax import errors
 from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.evaluate import detection as det_metrics
-from vision_jax.models import faster_rcnn
+from vision_jax.models import faster_rcnn, precision
 from vision_jax.tasks import base
 from vision_jax.train import parallel
 
@@ -164,7 +164,7 @@ class DetectionTask(base.Task):
         num_classes=self.num_classes, backbone=config.model.name,
         backbone_kwargs=flax.core.FrozenDict(
             {k: as_tuple(v) for k, v in config.model.kwargs.items()}),
-        dtype=jnp.dtype(config.model.dtype), **{f: as_tuple(d[f]) for f in MODEL_FIELDS})
+        **precision.dtypes(config.model.dtype), **{f: as_tuple(d[f]) for f in MODEL_FIELDS})
 
   def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
     return (jnp.zeros((1, *image_shape), jnp.float32),

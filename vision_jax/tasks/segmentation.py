@@ -23,7 +23,7 @@ import tensorflow_datasets as tfds
 
 from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import segmentation as seg_metrics
-from vision_jax.models import fcn
+from vision_jax.models import fcn, precision
 from vision_jax.tasks import base
 
 IGNORED = -1  # The class of ignored pixels after `label_table`.
@@ -127,7 +127,7 @@ class SegmentationTask(base.Task):
             {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.kwargs.items()}),
         head_width=s.head_width, head_kernel=s.head_kernel,
         learn_final_upsample=s.learn_final_upsample, dropout_rate=s.dropout_rate,
-        dtype=jnp.dtype(config.model.dtype))
+        **precision.dtypes(config.model.dtype))
 
   def labels(self, batch: dict) -> jax.Array:
     """The batch's masks as classes (B, H, W), `IGNORED` where pixels do not count."""
