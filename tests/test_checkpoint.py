@@ -184,3 +184,20 @@ def test_fingerprints_do_not_depend_on_the_device_count(state_and_abstract):
   moved = state.replace(params=jax.tree.map(lambda x: x[::-1], state.params))  # Same values.
   changed = checkpoint.fingerprint(moved)[0]
   assert changed["params/hidden/kernel"] != prints["params/hidden/kernel"]
+
+
+def test_inference_verifies_and_skips_a_damaged_newest_checkpoint(tmp_path, state_and_abstract,
+                                                                   capsys):
+  from vision_jax.train import inference
+  state, _ = state_and_abstract
+  ckpt = _checkpointer(tmp_path)
+  ckpt.save(1, _at(state, 1))
+  ckpt.save(2, _at(state, 2))
+  ckpt.close()
+  _flip_one_byte(str(tmp_path / "2"))
+  with pytest.raises(checkpoint.DamagedCheckpointError, match="Checkpoint 2 .* differ"):
+    inference.restore_variables(str(tmp_path), 2)
+  step, variables = inference.restore_newest_variables(str(tmp_path))
+  assert step == 1 and "Checkpoint 2" in capsys.readouterr().err
+  jax.tree.map(np.testing.assert_array_equal, variables["params"],
+               jax.device_get(_at(state, 1).ema_params))

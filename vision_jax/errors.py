@@ -3,7 +3,9 @@
 Anything the user can fix (a config value, a flag, a file, a dataset) raises `UserError` with one
 line that names the field, the value and the fix. The command lines run their `main` through
 `run` (absl) or `run_argparse`, which print `error: <message>` to stderr and exit with status 2,
-without a traceback unless `--traceback` is given. Anything else is a bug and keeps its traceback.
+without a traceback unless `--traceback` is given. A run stopped by NaN/inf (`FloatingPointError`,
+whose message names the step and the checkpoint kept) is printed the same way, with status 1.
+Anything else is a bug and keeps its traceback.
 """
 
 import difflib
@@ -36,6 +38,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
     app.run(main, flags_parser=_parse_flags)
   except UserError as error:
     _report(error, TRACEBACK_FLAG in sys.argv or _flag_value("traceback"))
+  except FloatingPointError as error:  # A diverged run: its message says what was kept.
+    _report(error, TRACEBACK_FLAG in sys.argv or _flag_value("traceback"), status=1)
 
 
 def run_argparse(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> Any:
@@ -48,11 +52,11 @@ def run_argparse(main: Callable[[list[str]], Any], argv: Sequence[str] | None = 
     _report(error, show)
 
 
-def _report(error: UserError, show_traceback: bool) -> None:
+def _report(error: Exception, show_traceback: bool, status: int = EXIT_STATUS) -> None:
   if show_traceback:
     raise error
   print(f"error: {error}", file=sys.stderr)
-  sys.exit(EXIT_STATUS)
+  sys.exit(status)
 
 
 def _flag_value(name: str) -> bool:

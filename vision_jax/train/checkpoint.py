@@ -137,6 +137,39 @@ def structure_differences(saved, wanted) -> list[str]:
   return out
 
 
+def read_meta(step_dir: str) -> dict | None:
+  """A checkpoint's `meta` item (fingerprints, eval metrics); {} when written before it existed.
+
+  Returns:
+    The meta dict, {} for a checkpoint without one, None when it exists but cannot be read.
+  """
+  path = epath.Path(step_dir) / _META / "metadata"
+  if not (epath.Path(step_dir) / _META).exists():
+    return {}
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def fingerprint_problem(tree, meta: dict | None) -> str | None:
+  """Why the arrays of `tree` (a state or a part of one) are not what was saved, or None.
+
+  Args:
+    tree: arrays at the same paths as in the saved state (e.g. `{"params": ...}`).
+    meta: `read_meta` of the checkpoint they were read from.
+  """
+  if meta is None:
+    return "its meta item is unreadable"
+  if not meta:
+    return None  # Written before fingerprints existed: taken as it is.
+  prints, _ = fingerprint(tree)
+  changed = [p for p, v in prints.items() if meta["fingerprints"].get(p) != v]
+  if changed:
+    return f"{len(changed)} array(s) differ from what was saved, e.g. {changed[0]}"
+  return None
+
+
 def _all_processes_agree(ok: bool) -> bool:
   """True when `ok` holds on every process (one small all-gather when there are several)."""
   if jax.process_count() == 1:
@@ -173,7 +206,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(directory, options=options)
-    self._metrics = {step: self._read_meta(step).get("metrics") or {}
+    self._metrics = {step: (read_meta(str(self._step_dir(step))) or {}).get("metrics") or {}
                      for step in self.all_steps()}
     # Checkpoints up to this step are confirmed good (older runs confirmed theirs).
     self._confirmed_through = (self.all_steps() or [0])[-1] - 1
@@ -206,13 +239,6 @@ class Checkpointer:
 
   def _step_dir(self, step: int) -> epath.Path:
     return epath.Path(self._directory) / str(step)
-
-  def _read_meta(self, step: int) -> dict:
-    path = self._step_dir(step) / _META / "metadata"
-    try:
-      return json.loads(path.read_text())
-    except (OSError, ValueError):
-      return {}  # Written before meta existed, or damaged: `restore` tells which.
 
   def saved_structure(self, step: int):
     """The saved state's tree of array metadata (shapes, dtypes); reads no array data."""
@@ -315,14 +341,7 @@ class Checkpointer:
 
   def _verify(self, step: int, state) -> str | None:
     """Why a read state is not the saved one, or None (a global computation: all processes)."""
-    meta = self._read_meta(step)
-    if not meta:  # Written before fingerprints existed: taken as it is, unless meta is damaged.
-      return "its meta item is unreadable" if (self._step_dir(step) / _META).exists() else None
-    prints, _ = fingerprint(state)
-    changed = [p for p, v in prints.items() if meta["fingerprints"].get(p) != v]
-    if changed:
-      return f"{len(changed)} array(s) differ from what was saved, e.g. {changed[0]}"
-    return None
+    return fingerprint_problem(state, read_meta(str(self._step_dir(step))))
 
   def restore_newest_intact(self, abstract_state) -> Restored:
     """Restores the newest checkpoint that reads and verifies; damaged newer ones move aside.
@@ -341,7 +360,7 @@ class Checkpointer:
       except StructureMismatchError:
         raise
       except Exception as e:  # noqa: BLE001  Whatever Orbax/TensorStore raise on bad files.
-        state, problem = None, _one_line(e)
+        state, problem = None, one_line(e)
       if not _all_processes_agree(problem is None):
         damaged.append((step, problem or "unreadable on another process"))
         continue
@@ -371,7 +390,7 @@ class Checkpointer:
     self._manager.close()
 
 
-def _one_line(error: BaseException, limit: int = 200) -> str:
+def one_line(error: BaseException, limit: int = 200) -> str:
   """The first line of an exception's message, shortened (Orbax errors run to pages)."""
   text = str(error).strip().split(" See full TensorStore details")[0].splitlines()
   line = f"{type(error).__name__}: {text[0] if text else ''}"

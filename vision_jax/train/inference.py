@@ -10,6 +10,7 @@ not read.
 import dataclasses
 import json
 import os
+import sys
 
 from etils import epath
 import jax
@@ -23,6 +24,7 @@ from PIL import Image
 from vision_jax import errors, models
 from vision_jax.models import torch_import
 from vision_jax.data import datasets, transforms
+from vision_jax.train import checkpoint
 
 _STATE_ITEM = "state"  # The train state's item name in `checkpoint.Checkpointer`'s composite.
 
@@ -80,11 +82,11 @@ def _checkpoint_step(directory: str, step: int | None) -> int:
 
 
 def restore_variables(directory: str, step: int) -> dict:
-  """Restores `{"params", "batch_stats"}` of one checkpoint as numpy arrays.
+  """Restores `{"params", "batch_stats"}` of one checkpoint as numpy arrays, verified.
 
   Only those subtrees (and `ema_params`) are read: `partial_restore` skips the optimiser state,
   the step and the rng key, and `restore_type=np.ndarray` ignores the shardings they were saved
-  with, so any device count works.
+  with, so any device count works. Their fingerprints are checked against the saved ones.
 
   Args:
     directory: the `checkpoints/` folder of a workdir.
@@ -92,16 +94,47 @@ def restore_variables(directory: str, step: int) -> dict:
 
   Returns:
     The variables to evaluate with: EMA parameters when the run kept them, else the live ones.
+
+  Raises:
+    checkpoint.DamagedCheckpointError: when the checkpoint cannot be read or does not verify.
   """
-  path = epath.Path(directory) / str(step) / _STATE_ITEM
-  saved = ocp.PyTreeCheckpointHandler().metadata(path).tree  # Shapes and dtypes, no data.
-  wanted = {k: saved[k] for k in ("params", "batch_stats", "ema_params")}
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=wanted, restore_args=restore_args, partial_restore=True))
+  step_dir = epath.Path(directory) / str(step)
+  try:
+    saved = ocp.PyTreeCheckpointHandler().metadata(step_dir / _STATE_ITEM).tree  # No data.
+    wanted = {k: saved[k] for k in ("params", "batch_stats", "ema_params")}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      restored = checkpointer.restore(step_dir / _STATE_ITEM, args=ocp.args.PyTreeRestore(
+          item=wanted, restore_args=restore_args, partial_restore=True))
+  except Exception as e:  # noqa: BLE001  Whatever Orbax/TensorStore raise on bad files.
+    raise checkpoint.DamagedCheckpointError(
+        f"Checkpoint {step} in {directory} is damaged: {checkpoint.one_line(e)}") from e
+  problem = checkpoint.fingerprint_problem(
+      {k: v for k, v in restored.items() if v is not None}, checkpoint.read_meta(str(step_dir)))
+  if problem:
+    raise checkpoint.DamagedCheckpointError(
+        f"Checkpoint {step} in {directory} is damaged: {problem}")
   params = restored["params"] if restored["ema_params"] is None else restored["ema_params"]
   return {"params": params, "batch_stats": restored["batch_stats"] or {}}
+
+
+def restore_newest_variables(directory: str, step: int | None = None) -> tuple[int, dict]:
+  """`(step, restore_variables(...))` of checkpoint `step`, or of the newest intact one.
+
+  With `step` None, a damaged newer checkpoint is skipped with a warning (nothing is moved:
+  inference only reads).
+  """
+  if step is not None:
+    return step, restore_variables(directory, _checkpoint_step(directory, step))
+  steps = sorted(ocp.utils.checkpoint_steps(directory)) if os.path.isdir(directory) else []
+  if not steps:
+    _checkpoint_step(directory, None)  # Raises the missing-checkpoint error.
+  for candidate in reversed(steps):
+    try:
+      return candidate, restore_variables(directory, candidate)
+    except checkpoint.DamagedCheckpointError as e:
+      print(f"Warning: {e}; trying an older one.", file=sys.stderr)
+  raise checkpoint.DamagedCheckpointError(f"No intact checkpoint in {directory}.")
 
 
 def load_for_inference(workdir: str, step: int | None = None,
@@ -110,7 +143,7 @@ def load_for_inference(workdir: str, step: int | None = None,
 
   Args:
     workdir: a training run's output directory (`config.json`, `checkpoints/`).
-    step: the checkpoint to load; None for the latest.
+    step: the checkpoint to load; None for the newest intact one.
     dtype: computation dtype ("float32", "bfloat16"); None keeps the run's `config.model.dtype`.
 
   Returns:
@@ -123,7 +156,7 @@ def load_for_inference(workdir: str, step: int | None = None,
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
   directory = os.path.join(workdir, "checkpoints")
-  step = _checkpoint_step(directory, step)
+  step, variables = restore_newest_variables(directory, step)
   datasets.check_name(config.dataset.name)
   # The builder's static info (classes, image shape) needs no prepared data.
   builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
@@ -134,7 +167,7 @@ def load_for_inference(workdir: str, step: int | None = None,
                            dtype=jnp.dtype(dtype or config.model.dtype), **config.model.kwargs)
   size, channels = config.input.image_size, builder.info.features["image"].shape[-1]
   image_shape = info.image_shape if size is None else (size, size, channels)
-  return Loaded(model=model, variables=restore_variables(directory, step), config=config,
+  return Loaded(model=model, variables=variables, config=config,
                 info=info, class_names=names, image_shape=tuple(image_shape), step=step)
 
 
@@ -250,7 +283,7 @@ def read_weights(path: str) -> dict:
   path = os.path.abspath(path)
   checkpoints = os.path.join(path, "checkpoints")
   if os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(checkpoints):
-    return restore_variables(checkpoints, _checkpoint_step(checkpoints, None))
+    return restore_newest_variables(checkpoints)[1]
   if os.path.isfile(os.path.join(path, "_METADATA")):
     return torch_import.load_converted(path)
   raise errors.UserError(

@@ -188,17 +188,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
 
   builder = datasets.get_builder(config.dataset)
+  task.check_dataset(builder)
   info = datasets.info(builder)
-  train_source, eval_source = (
-      datasets.open_split(builder, split, keys=task.dataset_keys(),
-                          in_memory=config.dataset.in_memory)
-      for split in (config.dataset.train_split, config.dataset.eval_split))
   channels = builder.info.features["image"].shape[-1]
   size = config.input.image_size
   image_shape = info.image_shape if size is None else (size, size, channels)
   if image_shape is None:
     raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
                            "config.input.image_size.")
+  config_lib.validate_image_shape(config, image_shape)  # Before any split is read.
+  train_source, eval_source = (
+      datasets.open_split(builder, split, keys=task.dataset_keys(),
+                          in_memory=config.dataset.in_memory)
+      for split in (config.dataset.train_split, config.dataset.eval_split))
   total_steps = _total_steps(config, len(train_source))
   os.makedirs(workdir, exist_ok=True)  # Other processes than 0 (which took the lock).
   task = task.prepare(builder, train_source, workdir)
