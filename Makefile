@@ -1,31 +1,39 @@
-# `make train` and `make test` create .venv and install everything on first use.
+# `make train` and `make test` create .venv and install what they need on first use:
+# `make install` (which `make train` runs) only what training needs, requirements.txt;
+# `make install-test` (which `make test` runs) adds requirements-test.txt, the test extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 CONFIG ?= configs/shapes_cnn.py
 WORKDIR ?= runs/shapes_cnn
 
-.PHONY: install train test test-slow clean
+.PHONY: install install-test train test test-slow clean
 
 install: $(STAMP)
 
-# requirements-test.txt: test-only extras (torch/torchvision, pycocoevalcap).
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+install-test: $(TEST_STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# requirements-test.txt includes requirements.txt, so pip resolves both with the same pins.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
 
 train: install
 	$(PY) -m vision_jax.main --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: install
+test: install-test
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install-test
 	$(PY) -m pytest -q -m slow
 
 clean:
