@@ -1,6 +1,7 @@
 # `make train` and `make test` create .venv and install what they need on first use:
 # `make install` (which `make train` runs) only what training needs, requirements.txt;
 # `make install-test` (which `make test` runs) adds requirements-test.txt, the test extras.
+# TensorFlow is not in the training install: requirements-prepare.txt has it (the tests too).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,8 +23,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# requirements-test.txt includes requirements.txt, so pip resolves both with the same pins.
-$(TEST_STAMP): $(STAMP) requirements-test.txt
+# requirements-test.txt includes requirements-prepare.txt (TensorFlow), which includes
+# requirements.txt, so pip resolves them together with the same pins.
+$(TEST_STAMP): $(STAMP) requirements-test.txt requirements-prepare.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)
 

@@ -125,7 +125,7 @@ def shapes(tiny_shapes_dir):
 
 @pytest.mark.parametrize("split, expected", [
     ("validation", "has no split 'validation'"), ("", "has no split ''"),
-    ("train[:0]", "Split 'train[:0]' of dataset 'synthetic_shapes/tiny32/1.0.0' is empty")])
+    ("train[:0]", "Split 'train[:0]' of dataset 'synthetic_shapes/tiny32/1.1.0' is empty")])
 def test_unknown_or_empty_splits_list_the_splits_with_sizes(shapes, split, expected):
   with pytest.raises(errors.UserError, match=r"train \(256\), test \(64\)") as error:
     datasets.open_split(shapes, split)

@@ -1,13 +1,15 @@
 """Finds a dataset by name, prepares its array_record files once, and opens a split.
 
 Our own builders (`vision_jax.data.builders.BUILDERS`) and every stock TFDS dataset go through
-the same path: `tfds.builder` → `download_and_prepare(file_format='array_record')` (the only
-step that needs TensorFlow) → `tfds.data_source`, a random-access source of numpy dicts that
-grain reads without TensorFlow.
+the same path: `tfds.builder` → `download_and_prepare(file_format='array_record')` →
+`tfds.data_source`, a random-access source of numpy dicts that grain reads without TensorFlow.
+Our builders also prepare without TensorFlow (they store PNGs encoded with PIL); stock TFDS
+datasets whose builders hand TFDS numpy images need it (the `prepare` extra) for that one step.
 """
 
 from collections.abc import Mapping, Sequence
 import dataclasses
+import importlib.util
 
 import jax
 from jax.experimental import multihost_utils
@@ -84,10 +86,22 @@ def _prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDic
   if not config.prepare:
     raise errors.MissingFileError(
         f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
-        "config.dataset.prepare=False; prepare it once with TensorFlow installed, e.g. "
+        "config.dataset.prepare=False; prepare it once, e.g. "
         f"`python -m vision_jax.data.prepare {config.name}`.")
   download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
-  builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  try:
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+  except ImportError as error:  # TFDS re-raises it with a prefix, without its `.name`.
+    if "tensorflow" not in str(error) or importlib.util.find_spec("tensorflow") is not None:
+      raise
+    raise errors.UserError(
+        f"Preparing dataset {config.name!r} needs TensorFlow, which is not installed (the "
+        "training install leaves it out: our own builders and training do not need it). "
+        "Install the `prepare` extra, `pip install -r requirements-prepare.txt` (or "
+        "`pip install -e '.[prepare]'`), and run again; TFDS keeps what it has downloaded. "
+        "Or prepare on another machine with "
+        f"`python -m vision_jax.data.prepare {config.name}` and copy the data directory "
+        "here.") from error
 
 
 def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:

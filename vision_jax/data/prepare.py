@@ -1,7 +1,9 @@
-"""Prepares a dataset's array_record files once (the only step that needs TensorFlow).
+"""Prepares a dataset's array_record files once.
 
     python -m vision_jax.data.prepare synthetic_shapes/size32 [--data_dir=DIR] [--manual_dir=DIR]
 
+Our own builders prepare without TensorFlow; a stock TFDS dataset whose builder yields numpy
+images needs it for this step only (the `prepare` extra: `pip install -r requirements-prepare.txt`).
 Training then reads the files with `tfds.data_source`, without TensorFlow: prepare here, copy
 the data directory to the accelerator machine, train there with `--config.dataset.prepare=False`.
 """

@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vision_jax import errors
+from vision_jax.data.builders import png
 
 DEFAULT_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -98,8 +99,12 @@ def find_files(directory: str | os.PathLike) -> dict[str, tuple[str, str]]:
 class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   """Fashion-MNIST (28x28 grey clothing images, 10 classes) from local IDX files."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Images stored as PNGs encoded with PIL, so preparing needs no TensorFlow (the "
+               "same examples, pixel for pixel).",
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put the Fashion-MNIST IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
       "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each optionally .gz) in one directory "
@@ -144,4 +149,4 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
       raise errors.UserError(f"{images_path} {images.shape} and {labels_path} {labels.shape} do "
                              f"not hold matching 28x28 images and labels; {_REINSTALL}")
     for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image[..., None], "label": int(label)}
+      yield i, {"image": png.encode(image[..., None]), "label": int(label)}  # (28, 28, 1)

@@ -30,11 +30,11 @@ from PIL import Image
 from scipy import ndimage
 import tensorflow_datasets as tfds
 
-from vision_jax.data.builders import fashion_mnist_local, shapes_render
+from vision_jax.data.builders import fashion_mnist_local, png, shapes_render
 
 CLASS_NAMES = ("background",) + fashion_mnist_local.CLASS_NAMES
 NUM_EXAMPLES = {"train": 20_000, "test": 2_000}
-# One fixed seed per split; never change them, or "fashion_scenes:1.0.0" changes meaning.
+# One fixed seed per split; never change them, or "fashion_scenes" changes meaning.
 _SPLIT_SEEDS = {"train": 20250301, "test": 20250302}
 THRESHOLD = 10  # Item pixels above this (of 255) are garment; Fashion-MNIST's ground is ~0.
 ITEM_SIZE = (0.35, 0.65)  # An item's side as a fraction of the canvas (28 px items → 22-42 px).
@@ -146,9 +146,11 @@ def caption(boxes: np.ndarray, box_labels: np.ndarray, areas: np.ndarray) -> str
 class FashionScenes(tfds.core.GeneratorBasedBuilder):
   """Scenes of 1-3 real Fashion-MNIST garments on a textured canvas, with per-pixel classes."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.1.0": "Adds `caption` (the same scenes: images, masks and boxes unchanged)."}
+                   "1.1.0": "Adds `caption` (the same scenes: images, masks and boxes unchanged).",
+                   "1.2.0": "Images and masks stored as PNGs encoded with PIL, so preparing "
+                            "needs no TensorFlow (the same examples, pixel for pixel)."}
   BUILDER_CONFIGS = [FashionScenesConfig(name="size64", size=64, description="64x64 canvases.")]
   DEFAULT_CONFIG_NAME = "size64"
   MANUAL_DOWNLOAD_INSTRUCTIONS = fashion_mnist_local.FashionMnistLocal.MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -198,12 +200,13 @@ class FashionScenes(tfds.core.GeneratorBasedBuilder):
     items = fashion_mnist_local.read_idx(images_path)  # (N, 28, 28)
     labels = fashion_mnist_local.read_idx(labels_path)  # (N,)
     for i in range(num_examples):
-      yield i, make_example(split, i, items, labels, self.builder_config)
+      yield i, png.encode_images(make_example(split, i, items, labels, self.builder_config),
+                                 ("image", "mask"))
 
 
 def make_example(split: str, index: int, items: np.ndarray, labels: np.ndarray,
                  config: FashionScenesConfig) -> dict:
-  """Scene `index` of `split` as this dataset's features, before TFDS encodes them."""
+  """Scene `index` of `split` as this dataset's features, before they are encoded as PNGs."""
   scene = render_scene(np.random.default_rng([_SPLIT_SEEDS[split], index]), items, labels,
                        config.size, config.max_items)
   return {"image": scene["image"][..., None], "mask": scene["mask"][..., None],  # (H, W, 1)

@@ -6,7 +6,7 @@ One dataset serves classification (`label`), semantic segmentation (`mask`), det
     import tensorflow_datasets as tfds
     from vision_jax.data import builders  # Registers the builder with TFDS.
     tfds.builder("synthetic_shapes/size32", data_dir=d).download_and_prepare(
-        file_format="array_record")  # Needs TensorFlow (TFDS encodes PNGs with it).
+        file_format="array_record")  # No TF: images and masks are PNGs encoded with PIL.
     train = tfds.data_source("synthetic_shapes/size32", data_dir=d, split="train")  # No TF.
     train[0]  # {'image': (32, 32, 3) uint8, 'label': int, 'mask': (32, 32, 1) uint8,
               #  'objects': {'bbox': N arrays (4,) float32, 'label': N np.int64},
@@ -27,10 +27,11 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vision_jax.data.builders import png
 from vision_jax.data.builders import shapes_render
 
 NUM_EXAMPLES = {"train": 20_000, "test": 2_000}
-# One fixed seed per split; never change them, or "synthetic_shapes:1.0.0" changes meaning.
+# One fixed seed per split; never change them, or "synthetic_shapes" changes meaning.
 _SPLIT_SEEDS = {"train": 20240101, "test": 20240102}
 
 
@@ -49,8 +50,12 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   """Textured scenes of 1–3 coloured shapes, labelled by the largest one."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": "Images and masks stored as PNGs encoded with PIL, so preparing needs no "
+               "TensorFlow (the same examples, pixel for pixel).",
+  }
   BUILDER_CONFIGS = [
       SyntheticShapesConfig(name="size32", size=32, description="32x32 images."),
       SyntheticShapesConfig(name="size64", size=64, description="64x64 images."),
@@ -91,11 +96,12 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, num_examples: int):
     for i in range(num_examples):
-      yield i, make_example(split, i, self.builder_config.size)
+      yield i, png.encode_images(make_example(split, i, self.builder_config.size),
+                                 ("image", "mask"))
 
 
 def make_example(split: str, index: int, size: int) -> dict:
-  """Renders one example as this dataset's features, before TFDS encodes them.
+  """Renders one example as this dataset's features, before they are encoded as PNGs.
 
   Args:
     split: "train" or "test"; each has its own seed.
