@@ -220,10 +220,27 @@ def test_processes_together_read_exactly_the_single_process_batch(tiny_shapes_di
   for step, want in enumerate(expected):
     local = [shares[p][step] for p in range(4)]
     assert all(part["image"].shape == (8, 32, 32, 3) for part in local)
-    # Process p holds global rows p, p + 4, ...: interleaving the shares restores the batch.
+    # Process p holds global rows [8p, 8p + 8): in process order the shares are the batch.
     for key in ("image", "label"):
-      got = np.stack([part[key] for part in local], axis=1).reshape(want[key].shape)
-      np.testing.assert_array_equal(want[key], got)
+      np.testing.assert_array_equal(want[key], np.concatenate([part[key] for part in local]))
+
+
+def test_processes_together_read_exactly_the_single_process_eval_batches(tiny_shapes_dir,
+                                                                          monkeypatch):
+  """Eval: the same padded global batches on any process count, even where a share is empty."""
+  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
+  source = datasets.open_split(builder, "test", in_memory=True)  # 64 examples
+  config = _input_config(eval_batch_size=48)  # 2 batches: 48, then 16 + 32 padding.
+  expected = list(pipeline.eval_batches(config, source))
+  monkeypatch.setattr(pipeline.jax, "process_count", lambda: 4)
+  shares = []
+  for p in range(4):  # Blocks of 12: the second batch is 12 + 4 rows, then 2 empty shares.
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
+    shares.append(list(pipeline.eval_batches(config, source)))
+  assert [len(s) for s in shares] == [2] * 4
+  for k, want in enumerate(expected):
+    for key in ("image", "label", "weight"):
+      np.testing.assert_array_equal(want[key], np.concatenate([s[k][key] for s in shares]))
 
 
 def test_global_batch_is_sharded_over_the_mesh():

@@ -3,13 +3,16 @@
 Training reads one global stream, the same on any topology: the records shuffled with the seed
 (a new order every epoch), per-record random augmentation drawn from the record's global
 position. Global batch `s` is positions `[s * B, (s + 1) * B)` of that stream, and process `p` of
-`P` reads positions `p, p + P, ...` of it, so the processes together hold exactly that batch.
-The data position is therefore a function of the step alone: a run resumed at step `s` (on
-any number of processes or devices, with any number of workers) starts at batch `s`, and
-checkpoints need no iterator state.
+`P` reads the contiguous block `[s * B + p * B / P, s * B + (p + 1) * B / P)` of it: the rows that
+`jax.make_array_from_process_local_data` places on its devices, so the assembled global array is
+row for row the single-process batch, and per-row randomness (dropout) lands on the same
+examples on any number of processes. The data position is therefore a function of the step
+alone: a run resumed at step `s` (on any number of processes or devices, with any number of
+workers) starts at batch `s`, and checkpoints need no iterator state.
 
-Evaluation: one pass in order; the last batch is padded and carries `weight` 0 on the padding,
-so metrics are exact and every device always sees the same batch shape (no recompilation).
+Evaluation: one pass in order, each global batch split into the same contiguous blocks; the last
+batch is padded and carries `weight` 0 on the padding, so metrics are exact and every device
+always sees the same batch shape (no recompilation).
 """
 
 import math
@@ -40,9 +43,13 @@ def _normalize(config: ml_collections.ConfigDict) -> transforms.MapFn:
   return transforms.MapFn(transforms.normalize, {"mean": mean, "std": std})
 
 
-def _this_process(ds: grain.MapDataset, start: int = 0) -> grain.MapDataset:
-  """Positions `start + p, start + p + P, ...` of `ds` for process `p` of `P`."""
-  return ds[start + jax.process_index()::jax.process_count()]
+def _this_process(blocks: grain.MapDataset, start: int = 0) -> grain.MapDataset:
+  """Blocks `start + p, start + p + P, ...` of `blocks` for process `p` of `P`.
+
+  `blocks` holds consecutive `B / P`-row pieces of the stream, so global batch `s` is blocks
+  `[s * P, (s + 1) * P)` and this process holds block `p` of each: its contiguous rows.
+  """
+  return blocks[start * jax.process_count() + jax.process_index()::jax.process_count()]
 
 
 def _iterate(config: ml_collections.ConfigDict, ds: grain.MapDataset) -> Iterator[dict]:
@@ -123,9 +130,10 @@ def train_batches(config: ml_collections.ConfigDict, source, seed: int, start_st
     (or the task's other `keys`).
   """
   padding = config.crop_padding if config.train_crop == "pad" else 0
-  ds = _this_process(train_stream(config, source, seed, keys, example_fn),
-                     start_step * config.batch_size)
-  ds = ds.batch(local_batch_size(config.batch_size), drop_remainder=True)
+  # Augmentation is drawn on the global stream, before a process picks its blocks.
+  blocks = train_stream(config, source, seed, keys, example_fn).batch(
+      local_batch_size(config.batch_size), drop_remainder=True)
+  ds = _this_process(blocks, start_step)
   ds = ds.map(transforms.MapFn(transforms.apply_crop_and_flip, {"padding": padding}))
   return _iterate(config, ds.map(_normalize(config)))
 
@@ -143,8 +151,10 @@ def eval_batches(config: ml_collections.ConfigDict, source, keys: tuple[str, ...
                  example_fn=_identity, shard: bool = True) -> Iterator[dict]:
   """One ordered pass over this process's share in padded batches with a `weight` field.
 
-  Every process yields the same number of batches (the largest share's count), padding with
-  empty batches where its share is shorter, so collective eval steps never wait forever.
+  Global eval batch `k` is examples `[k * E, (k + 1) * E)`, process `p` holding its block
+  `[k * E + p * E / P, k * E + (p + 1) * E / P)` (padded), so the assembled batches equal the
+  single-process ones. Every process yields the same number of batches, padding with empty
+  batches where its share is shorter, so collective eval steps never wait forever.
 
   Args:
     config: the `input` config section.
@@ -155,16 +165,16 @@ def eval_batches(config: ml_collections.ConfigDict, source, keys: tuple[str, ...
   """
   processes = jax.process_count() if shard else 1
   size = config.eval_batch_size // processes
-  ds = grain.MapDataset.source(source)
-  ds = _center_crop(config, _select(_this_process(ds) if shard else ds, keys, example_fn))
-  ds = ds.batch(size).map(_normalize(config))
-  num_batches = math.ceil(math.ceil(len(source) / processes) / size)
+  ds = _center_crop(config, _select(grain.MapDataset.source(source), keys, example_fn))
+  blocks = ds.batch(size).map(_normalize(config))  # The last block may be short.
+  num_batches = math.ceil(len(source) / (size * processes))
   template = None
-  for batch in _iterate(config, ds):
+  for batch in _iterate(config, _this_process(blocks) if shard else blocks):
     template = batch
     num_batches -= 1
     yield _pad(batch, size)
   for _ in range(num_batches):  # Only where this process's share is shorter.
+    template = blocks[0] if template is None else template
     yield _pad({k: v[:0] for k, v in template.items()}, size)
 
 

@@ -95,11 +95,18 @@ class Task:
                     eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
     """Eval metrics that are no sums of batches (e.g. BLEU of decoded captions); none here.
 
-    Runs on every process after the summed metrics; may draw pictures on process 0.
+    Runs on every process after the summed metrics, and is where pictures are drawn: every
+    process runs the same computations on `variables` (global arrays that may span processes:
+    a jitted call on them is collective, and waits forever if one process skips it), with
+    replicated inputs and outputs (`parallel.replicated(mesh)`); only process 0 draws.
     """
     del model, variables, config, eval_source, mesh, workdir, step
     return {}
 
   def on_eval(self, apply_fn, variables: dict, config: ml_collections.ConfigDict, eval_source,
               workdir: str, step: int) -> None:
-    """Called on process 0 after each eval (e.g. to draw predictions); nothing by default."""
+    """Called on process 0 only, after each eval; nothing by default.
+
+    It must not compute on `variables` (see `evaluate_more`, which draws the built-in tasks'
+    pictures); host-side work only (e.g. copying files).
+    """

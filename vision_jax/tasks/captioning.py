@@ -177,18 +177,21 @@ class CaptioningTask(base.Task):
     return line + f"; perplexity {metrics['perplexity']:.3f}"
 
   @functools.lru_cache(maxsize=4)
-  def _decoders(self, model: nn.Module):
+  def _decoders(self, model: nn.Module, mesh: jax.sharding.Mesh):
     """Jitted greedy and beam decoders of `model`, built once so later evals reuse them.
 
-    Cached per (task settings, model); the vocabulary only enters through the special ids,
-    which every vocabulary shares.
+    Cached per (task settings, model, mesh); the vocabulary only enters through the special
+    ids, which every vocabulary shares. Outputs are replicated on every device of `mesh`, so
+    every process can read them.
     """
+    replicated = parallel.replicated(mesh)
     ids = dict(bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
                max_length=self.max_length - 1, pad_id=self.vocab.pad_id)
-    greedy_fn = jax.jit(functools.partial(decoding.greedy_decode, model=model, **ids))
+    greedy_fn = jax.jit(functools.partial(decoding.greedy_decode, model=model, **ids),
+                        out_shardings=replicated)
     beam_fn = jax.jit(functools.partial(decoding.beam_search, model=model,
                                         beam_size=self.beam_size, alpha=self.length_penalty,
-                                        **ids))
+                                        **ids), out_shardings=replicated)
     return greedy_fn, beam_fn
 
   def decode(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
@@ -202,7 +205,7 @@ class CaptioningTask(base.Task):
       None), `images` (the first `num_pictures` raw uint8 images) and `references`.
     """
     count = len(source) if self.eval_examples is None else min(self.eval_examples, len(source))
-    greedy_fn, beam_fn = self._decoders(model)
+    greedy_fn, beam_fn = self._decoders(model, mesh)
     replicated = parallel.replicated(mesh)
     greedy, beam, attention = [], [], []
     for batch in pipeline.eval_batches(config.input, source, keys=self.keys,

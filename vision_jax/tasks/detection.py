@@ -205,7 +205,7 @@ class DetectionTask(base.Task):
       `(detections, ground_truths)`: per-image dicts in pixels of the letterboxed image,
       {"boxes", "labels", "scores"} and {"boxes", "labels"}.
     """
-    predict_fn = _predict_fn(model)
+    predict_fn = _predict_fn(model, mesh)
     replicated = parallel.replicated(mesh)
     detections, truths = [], []
     count = len(source) if limit is None else min(limit, len(source))
@@ -263,9 +263,11 @@ def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> 
 
 
 @functools.lru_cache(maxsize=4)
-def _predict_fn(model: nn.Module):
-  """`model` in eval mode, jitted once per model (evaluate_more runs after every eval)."""
-  return jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
+  """`model` in eval mode, jitted once per model (evaluate_more runs after every eval), its
+  outputs replicated on every device of `mesh` so that every process can read them."""
+  return jax.jit(lambda variables, images: model.apply(variables, images, train=False),
+                 out_shardings=parallel.replicated(mesh))
 
 
 def _tag(name: str) -> str:

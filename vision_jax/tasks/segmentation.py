@@ -25,6 +25,7 @@ from vision_jax.data import datasets, pipeline
 from vision_jax.evaluate import segmentation as seg_metrics
 from vision_jax.models import fcn, precision
 from vision_jax.tasks import base
+from vision_jax.train import parallel
 
 IGNORED = -1  # The class of ignored pixels after `label_table`.
 
@@ -174,27 +175,38 @@ class SegmentationTask(base.Task):
     return (f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
             f"mean accuracy {metrics['mean_accuracy']:.4f}, loss {metrics['loss']:.4f}")
 
-  def on_eval(self, apply_fn, variables: dict, config: ml_collections.ConfigDict, eval_source,
-              workdir: str, step: int) -> None:
-    """Draws the first `num_pictures` eval images: image | ground truth | prediction."""
+  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
+                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
+    """Draws the first `num_pictures` eval images: image | ground truth | prediction.
+
+    Every process predicts them (the state may span processes, so the computation is
+    collective); process 0 draws. No metrics.
+    """
     if not self.num_pictures:
-      return
-    from vision_jax.viz import segmentation as seg_viz  # matplotlib: only when drawing.
+      return {}
     raw, batch = pipeline.eval_examples(config.input, eval_source, self.num_pictures,
                                         keys=self.keys)
-    logits, _ = _predict_fn(apply_fn)(variables, batch["image"])
-    path = os.path.join(workdir, "segmentation", f"step_{step:06d}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)),
-                             np.asarray(jnp.argmax(logits, -1)), self.class_names, path,
-                             title=f"{config.model.name} FCN-{config.segmentation.variant} on "
-                             f"{config.dataset.name}, step {step}")
+    images = parallel.to_global({"image": batch["image"]}, parallel.replicated(mesh))["image"]
+    predicted = np.asarray(_predict_fn(model, mesh)(variables, images))  # (N, H, W) classes
+    if jax.process_index() == 0:
+      from vision_jax.viz import segmentation as seg_viz  # matplotlib: only when drawing.
+      path = os.path.join(workdir, "segmentation", f"step_{step:06d}.png")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)), predicted,
+                               self.class_names, path,
+                               title=f"{config.model.name} FCN-{config.segmentation.variant} "
+                               f"on {config.dataset.name}, step {step}")
+    return {}
 
 
 @functools.lru_cache(maxsize=4)
-def _predict_fn(apply_fn):
-  """`apply_fn` in eval mode, jitted once per model (on_eval runs after every eval)."""
-  return jax.jit(lambda variables, images: apply_fn(variables, images, train=False))
+def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
+  """Per-pixel classes of `model` in eval mode, replicated on every device of `mesh` (so
+  every process can read them), jitted once per model (pictures are drawn after every eval)."""
+  def predict(variables, images):
+    logits, _ = model.apply(variables, images, train=False)
+    return jnp.argmax(logits, -1)
+  return jax.jit(predict, out_shardings=parallel.replicated(mesh))
 
 
 def _tag(name: str) -> str:

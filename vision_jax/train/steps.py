@@ -65,6 +65,10 @@ def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: f
     The new state and this step's metrics, scalar means over the batch: the task's (e.g.
     `loss`, `accuracy` on the augmented batch) and the gradient's global norm `grad_norm`.
   """
+  # Under jit one key draws the masks of the whole global batch, and threefry's bits depend on
+  # an element's position, not on the sharding: the same masks on any device or process count.
+  # pmap draws each device's share from its own key, and accumulation each micro-batch's:
+  # with dropout (or other per-example randomness) they equal jit only in distribution.
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:  # Different dropout masks on different devices.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
