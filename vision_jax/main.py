@@ -18,6 +18,10 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-process: host:port of process 0 (omit on SLURM/TPU).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: process count.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids", None,
+    "GPUs this process drives: unset = JAX's choice (on SLURM: GPU SLURM_LOCALID, one task per "
+    "GPU); 'all' = every GPU it sees (one task per host); or e.g. '0,1,2,3'.")
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout_seconds", 100,
     "Multi-process: the others stop with an error when one is silent this long.")
@@ -33,6 +37,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every step at INFO.
     logging.set_verbosity(logging.WARNING)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         local_device_ids=_LOCAL_DEVICE_IDS.value,
                          heartbeat_timeout_seconds=_HEARTBEAT.value)
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
