@@ -53,7 +53,7 @@ def test_tpu_pod_hosts_are_detected():
 def test_several_slurm_tasks_outside_srun_is_an_error():
   """An sbatch script of 16 tasks running python itself: JAX would wait for 15 others."""
   batch_script = {k: v for k, v in SRUN_TASK.items() if k != "SLURM_STEP_NODELIST"}
-  with pytest.raises(errors.UserError, match="SLURM_STEP_NODELIST unset: start every task with srun"):
+  with pytest.raises(errors.UserError, match="SLURM_STEP_NODELIST unset: start every task with"):
     distributed.initialize_kwargs(environ=batch_script)
 
 
@@ -68,15 +68,25 @@ def test_explicit_flags_are_all_or_nothing():
 
 
 def test_one_task_per_host_without_the_flag_warns_of_idle_gpus():
-  warning = distributed.idle_gpu_warning(SRUN_HOST, None)
+  warning = distributed.slurm_gpu_warning(SRUN_HOST, None)
   assert "8 GPUs and 1 task(s)" in warning and "7 stay idle" in warning
   assert "--local_device_ids=all" in warning
-  assert distributed.idle_gpu_warning(SRUN_HOST, []) is None  # --local_device_ids=all
-  assert distributed.idle_gpu_warning(SRUN_TASK, None) is None  # One task per GPU.
+  assert distributed.slurm_gpu_warning(SRUN_HOST, []) is None  # --local_device_ids=all
+  assert distributed.slurm_gpu_warning(SRUN_TASK, None) is None  # One task per GPU.
   uneven = {**SRUN_HOST, "SLURM_STEP_TASKS_PER_NODE": "8,2(x2)", "SLURM_NODEID": "2"}
-  assert "6 stay idle" in distributed.idle_gpu_warning(uneven, None)
-  assert distributed.idle_gpu_warning({**SRUN_HOST, "SLURM_GPUS_ON_NODE": "1"}, None) is None
-  assert distributed.idle_gpu_warning({}, None) is None
+  assert "6 stay idle" in distributed.slurm_gpu_warning(uneven, None)
+  assert distributed.slurm_gpu_warning({**SRUN_HOST, "SLURM_GPUS_ON_NODE": "1"}, None) is None
+  assert distributed.slurm_gpu_warning({}, None) is None
+
+
+def test_gpus_bound_to_tasks_without_the_flag_warn_of_the_missing_gpu():
+  """srun --gpus-per-task=1: task 1 of a node sees its one GPU as number 0; JAX opens GPU 1."""
+  bound = {**SRUN_TASK, "CUDA_VISIBLE_DEVICES": "1"}
+  assert "SLURM_LOCALID=1 among them, which does not exist" in distributed.slurm_gpu_warning(
+      bound, None)
+  assert distributed.slurm_gpu_warning(bound, []) is None
+  assert distributed.slurm_gpu_warning({**bound, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+                                       None) is None
 
 
 def test_jax_gives_each_slurm_task_the_gpu_of_its_local_id(monkeypatch):

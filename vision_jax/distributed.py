@@ -105,14 +105,22 @@ def _tasks_on_this_node(environ: Mapping[str, str]) -> int | None:
   return counts[node] if node < len(counts) else None
 
 
-def idle_gpu_warning(environ: Mapping[str, str], local_device_ids: list[int] | None) -> str | None:
-  """A warning when JAX's one-GPU-per-task rule would leave GPUs of this node idle, else None.
+def slurm_gpu_warning(environ: Mapping[str, str], local_device_ids: list[int] | None) -> str | None:
+  """What goes wrong with JAX's one-GPU-per-task rule on this SLURM task, or None.
 
-  That is: on SLURM, `--local_device_ids` unset, and more GPUs on the node
-  (SLURM_GPUS_ON_NODE) than tasks.
+  Only with `--local_device_ids` unset: GPUs left idle (more on the node, SLURM_GPUS_ON_NODE,
+  than tasks), or GPU number SLURM_LOCALID missing among those the task sees (SLURM binds
+  GPUs to tasks: CUDA_VISIBLE_DEVICES lists fewer), where JAX fails with "invalid device
+  ordinal".
   """
   if local_device_ids is not None or "SLURM_LOCALID" not in environ:
     return None
+  local_id = int(environ["SLURM_LOCALID"])
+  visible = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+  if visible and local_id >= len(visible.split(",")):
+    return (f"This task sees {len(visible.split(','))} GPU(s) (CUDA_VISIBLE_DEVICES={visible}) "
+            f"but JAX will open GPU number SLURM_LOCALID={local_id} among them, which does not "
+            "exist: SLURM binds GPUs to tasks here; pass --local_device_ids=all.")
   gpus = environ.get("SLURM_GPUS_ON_NODE", "")
   tasks = _tasks_on_this_node(environ)
   if not gpus.isdigit() or tasks is None or int(gpus) <= tasks:
@@ -182,7 +190,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       for platform in ("cuda", "rocm"):
         jax.config.update(f"jax_{platform}_visible_devices", ",".join(map(str, devices)))
     return False
-  if warning := idle_gpu_warning(os.environ, kwargs["local_device_ids"]):
+  if warning := slurm_gpu_warning(os.environ, kwargs["local_device_ids"]):
     logging.warning(warning)
   # CPU-only runs (tests, laptops) need a collectives library for cross-process all-reduces.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
