@@ -201,3 +201,13 @@ def test_inference_verifies_and_skips_a_damaged_newest_checkpoint(tmp_path, stat
   assert step == 1 and "Checkpoint 2" in capsys.readouterr().err
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                jax.device_get(_at(state, 1).ema_params))
+
+
+def test_host_fingerprints_equal_device_ones_for_every_dtype(float64):
+  rng = np.random.default_rng(0)
+  tree = {"f64": rng.normal(size=(3, 5)), "f32": rng.normal(size=(7,)).astype(np.float32),
+          "bf16": np.asarray(jax.numpy.asarray(rng.normal(size=(4,)), jax.numpy.bfloat16)),
+          "i32": rng.integers(-9, 9, size=(2, 3)).astype(np.int32),
+          "u8": rng.integers(0, 255, size=(6,)).astype(np.uint8), "flag": np.array([True, False])}
+  on_device = jax.tree.map(jax.numpy.asarray, tree)
+  assert checkpoint.fingerprint(tree) == checkpoint.fingerprint(on_device)

@@ -53,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.manual_dir = ml_collections.FieldReference(None, field_type=str)  # Local raw files.
   c.dataset.train_split = "train"
   c.dataset.eval_split = "test"
-  c.dataset.prepare = True  # Build the array_record files if missing (needs TensorFlow once).
+  c.dataset.prepare = True  # Build the array_record files if missing (ours need no TensorFlow;
+  # some stock TFDS datasets need the `prepare` extra).
   c.dataset.in_memory = False  # Decode each split once into RAM (small datasets: much faster).
 
   c.input = ml_collections.ConfigDict()

@@ -108,9 +108,31 @@ def _paths(tree) -> list[str]:
                    for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def _host_fingerprint(x: np.ndarray) -> int:
+  """`_fingerprints_and_finite`'s value for one host array, in numpy (any dtype, x64 or not)."""
+  x = np.ascontiguousarray(x)
+  if x.dtype == np.bool_:
+    x = x.astype(np.uint8)
+  width = x.dtype.itemsize * 8
+  words = x.view(np.uint32) if width == 64 else x.view(f"uint{width}").astype(np.uint32)
+  words = words.reshape(-1)
+  with np.errstate(over="ignore"):
+    weights = np.arange(words.size, dtype=np.uint32) * _POSITION_HASH + np.uint32(1)
+    return int(np.sum(words * weights, dtype=np.uint32))
+
+
 def fingerprint(state) -> tuple[dict[str, int], bool]:
-  """`({array path: fingerprint}, all floating arrays finite)` of a state of global arrays."""
-  prints, finite = jax.device_get(_fingerprints_and_finite(jax.tree.leaves(state)))
+  """`({array path: fingerprint}, all floating arrays finite)` of a state.
+
+  Global `jax.Array`s are fingerprinted where they live (one jitted computation over every
+  process); numpy arrays on the host, which also works for float64 without JAX's 64-bit mode.
+  """
+  leaves = jax.tree.leaves(state)
+  if all(isinstance(x, np.ndarray) for x in leaves):
+    prints = [_host_fingerprint(x) for x in leaves]
+    finite = all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+  else:
+    prints, finite = jax.device_get(_fingerprints_and_finite(leaves))
   return dict(zip(_paths(state), (int(p) for p in prints), strict=True)), bool(finite)
 
 

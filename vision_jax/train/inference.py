@@ -14,7 +14,6 @@ import sys
 
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -22,7 +21,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vision_jax import errors, models
-from vision_jax.models import torch_import
+from vision_jax.models import precision, torch_import
 from vision_jax.data import datasets, transforms
 from vision_jax.train import checkpoint
 
@@ -144,7 +143,8 @@ def load_for_inference(workdir: str, step: int | None = None,
   Args:
     workdir: a training run's output directory (`config.json`, `checkpoints/`).
     step: the checkpoint to load; None for the newest intact one.
-    dtype: computation dtype ("float32", "bfloat16"); None keeps the run's `config.model.dtype`.
+    dtype: precision ("float32", "bfloat16", "float64"); None keeps the run's
+      `config.model.dtype`.
 
   Returns:
     A `Loaded` model.
@@ -164,7 +164,7 @@ def load_for_inference(workdir: str, step: int | None = None,
   label = builder.info.features["label"]
   names = tuple(label.names) if label.names else tuple(str(i) for i in range(info.num_classes))
   model = models.get_model(config.model.name, num_classes=info.num_classes,
-                           dtype=jnp.dtype(dtype or config.model.dtype), **config.model.kwargs)
+                           **precision.dtypes(dtype or config.model.dtype), **config.model.kwargs)
   size, channels = config.input.image_size, builder.info.features["image"].shape[-1]
   image_shape = info.image_shape if size is None else (size, size, channels)
   return Loaded(model=model, variables=variables, config=config,

@@ -175,6 +175,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise errors.UserError("The workdir is empty; pass --workdir=DIR (created if missing).")
   workdir = os.path.abspath(workdir)
   config_lib.validate(config, num_devices=jax.device_count())
+  if not jax.config.jax_threefry_partitionable:
+    _say("jax_threefry_partitionable is off: dropout masks then depend on how the batch is "
+         "sharded, so runs on other device or process counts will differ.", warning=True)
   with workdir_lib.exclusive(workdir, is_main=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir)
 
