@@ -211,7 +211,7 @@ def _cli(*args):
     (("vision_jax.main", "--config=configs/shapes_cnn.py", "--config.train.num_steps=0"),
      "config.train.num_steps=0 is out of range"),
     (("vision_jax.main", "--config=configs/shapes_cnn.py", "--config.train.steps=3"),
-     "config.train has no field 'steps'; did you mean 'num_steps'?"),
+     "config.train has no field 'steps'; did you mean 'num_steps'"),
     (("vision_jax.main", "--config=configs/shapes_cnn.py:foo"),
      "configs/shapes_cnn.py has no variants"),
     (("vision_jax.viz", "filters", "--filters", "blur"), "Unknown filters ['blur']"),

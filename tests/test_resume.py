@@ -81,10 +81,12 @@ def test_kills_preemption_and_damage_resume_to_the_uninterrupted_run(tmp_path, t
   code, _ = _run_until(run, tiny_shapes_dir, lambda: metric_writer.read_jsonl(log),
                        signal.SIGKILL)
   assert code == -signal.SIGKILL
-  # 2. SIGKILL at a random moment after a checkpoint (seeded: the same moment every time).
+  # 2. SIGKILL at a random moment once two checkpoints are there (seeded: the same delay every
+  # time), so that the damaged one below has an intact one to fall back to.
   delay = random.Random(0).uniform(0, 0.3)
   code, output = _run_until(
-      run, tiny_shapes_dir, lambda: _saved_steps(run) and not time.sleep(delay), signal.SIGKILL)
+      run, tiny_shapes_dir, lambda: len(_saved_steps(run)) >= 2 and not time.sleep(delay),
+      signal.SIGKILL)
   assert code == -signal.SIGKILL, output
   # 3. The newest checkpoint is silently damaged: the rerun falls back to an older one.
   newest = max(_saved_steps(run))

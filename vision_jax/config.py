@@ -108,6 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2  # The last K, plus the best by best_metric.
   c.train.best_metric = "accuracy"  # An eval metric of the task (e.g. accuracy, miou, loss).
   c.train.progress_bar = True
+  # Persistent XLA compilation cache: a rerun, a resume or another config with the same shapes
+  # skips compiling (most of a short run's start-up on CPU). "" turns it off; the environment
+  # variable JAX_COMPILATION_CACHE_DIR, when set, wins.
+  c.train.compilation_cache = "~/.cache/vision_jax/xla"
+  # (first, last): write a jax.profiler trace of these steps to workdir/profile, for TensorBoard's
+  # profile tab or Perfetto. (): none.
+  c.train.profile_steps = ()
 
   c.captioning = ml_collections.ConfigDict()  # task "captioning" only.
   c.captioning.caption_key = "caption"  # The dataset's caption feature.
@@ -216,6 +223,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if value is not None and not test(value):
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
   _check_model_kwargs(config)
+  profile = tuple(config.train.profile_steps)
+  if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+    raise UserError(f"config.train.profile_steps={profile} must be () or (first, last) with "
+                    "1 <= first <= last, e.g. (10, 15).")
   if config.input.train_crop == "random_resized" and config.input.image_size is None:
     raise UserError('config.input.train_crop="random_resized" needs config.input.image_size '
                     "(the crop's output size, e.g. 224).")

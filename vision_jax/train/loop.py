@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from vision_jax import config as config_lib
 from vision_jax import errors, tasks
 from vision_jax.data import datasets, pipeline
-from vision_jax.train import checkpoint, inference, metric_writer, optim, parallel, steps
+from vision_jax.train import checkpoint, inference, metric_writer, optim, parallel, startup, steps
 from vision_jax.train import workdir as workdir_lib
 from vision_jax.train.state import load_pretrained, train_state_initializer
 from vision_jax.viz import curves
@@ -184,6 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """`train_and_evaluate` on a validated config and a workdir this run holds."""
+  cache = startup.use_compilation_cache(config.train.compilation_cache)
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
@@ -228,6 +229,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if jax.process_index() == 0:
     workdir_lib.record_config(workdir, config, changes if step else {}, step)
     workdir_lib.truncate_records(workdir, step)
+  _say(startup.describe(config, model, abstract, task, image_shape, len(train_source),
+                        len(eval_source), total_steps, cache))
   writer = metric_writer.MetricWriter(workdir, start_step=step)
   compiled = steps.compile_steps(
       mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
@@ -243,12 +246,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                   disable=not (is_main and config.train.progress_bar))
   pending, eval_metrics, preempted = [], {}, False
   tick, tick_step = time.perf_counter(), step
+  profiler = startup.Profiler(config.train.profile_steps, os.path.join(workdir, "profile"))
   try:
     with _Preemption() as preemption:
       while step < total_steps:
+        profiler.before(step + 1)
         train_state, metrics = compiled.train(train_state, next(train_iter))
         pending.append(metrics)
         step += 1
+        profiler.after(step, train_state)
         last = step == total_steps
         preempted = preemption.reached(step)
         do_eval = last or step % config.train.eval_every == 0
@@ -286,6 +292,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                     "resume.")
           break
   finally:  # Even on NaN or Ctrl-C: finish pending saves, close files.
+    profiler.close()
     bar.close()
     ckpt.close()
     writer.close()
