@@ -563,7 +563,7 @@ def test_shapes_detection_trains_evaluates_and_draws(tiny_shapes_dir, tmp_path):
   for key in ("map", "map50", "map75"):
     assert 0.0 <= result[key] <= 1.0
   assert result["map"] <= result["map50"]
-  picture = tmp_path / "detection" / "step_000002.png"
+  picture = tmp_path / "detection" / "step_0000002.png"
   from PIL import Image
   assert Image.open(picture).size == (500, 2 * 250 + 50)
 

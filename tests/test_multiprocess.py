@@ -153,8 +153,8 @@ def test_every_task_evaluates_on_two_processes_like_on_one(tmp_path, tiny_shapes
     for key, value in metrics.items():
       np.testing.assert_allclose(got[task][key], value, rtol=RTOL, err_msg=f"{task}: {key}")
     assert metrics["step"] == 2 and metrics["num_examples"] == 64
-  for picture in ("segmentation/segmentation/step_000002.png",
-                  "captioning/captions/step_0000002.png", "detection/detection/step_000002.png"):
+  for picture in ("segmentation/segmentation/step_0000002.png",
+                  "captioning/captions/step_0000002.png", "detection/detection/step_0000002.png"):
     assert os.path.getsize(os.path.join(two, picture)) > 0, picture
 
 

@@ -339,10 +339,14 @@ def test_mock_oxford_pets_trains_one_step_and_draws_predictions(tmp_path):
   assert result["step"] == 1 and result["num_examples"] == 10  # One full, one padded batch.
   assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_accuracy"] <= 1.0
   assert result["num_pixels"] <= 10 * 64 * 64  # Mock masks are random bytes: mostly ignored.
-  picture = tmp_path / "segmentation" / "step_000001.png"
+  picture = tmp_path / "segmentation" / "step_0000001.png"
   assert picture.stat().st_size > 0
   from PIL import Image
   assert Image.open(picture).size == (800, 2 * 200 + 50)  # 4 columns, 2 rows, title band.
+  from tensorboard.backend.event_processing import event_accumulator
+  events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+  [image] = events.Images("eval/segmentation")  # The same picture, in TensorBoard too.
+  assert image.step == 1 and image.encoded_image_string == picture.read_bytes()
 
 
 def test_pmap_trains_the_fcn_like_jit(tmp_path, float64):

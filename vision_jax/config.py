@@ -7,6 +7,7 @@ the command line then locks the config, so a misspelt key there
 (`--config.optim.learning_rat=0.1`) fails instead of being silently added.
 """
 
+import importlib.util
 import math
 
 import ml_collections
@@ -115,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (first, last): write a jax.profiler trace of these steps to workdir/profile, for TensorBoard's
   # profile tab or Perfetto. (): none.
   c.train.profile_steps = ()
+  # A Weights & Biases project to log metrics and pictures to as well (needs `pip install
+  # wandb`); "": metrics.jsonl and TensorBoard only.
+  c.train.wandb_project = ""
 
   c.captioning = ml_collections.ConfigDict()  # task "captioning" only.
   c.captioning.caption_key = "caption"  # The dataset's caption feature.
@@ -223,6 +227,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if value is not None and not test(value):
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
   _check_model_kwargs(config)
+  if config.train.wandb_project and importlib.util.find_spec("wandb") is None:
+    raise UserError(f"config.train.wandb_project={config.train.wandb_project!r} needs the wandb "
+                    'package: pip install wandb (or set config.train.wandb_project="").')
   profile = tuple(config.train.profile_steps)
   if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
     raise UserError(f"config.train.profile_steps={profile} must be () or (first, last) with "

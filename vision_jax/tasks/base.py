@@ -7,6 +7,7 @@ processes and turned into metrics once, so they are exact whatever the topology.
 """
 
 import dataclasses
+import os
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -31,6 +32,13 @@ class Task:
   lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)
   # The eval metric plotted next to the loss in `curves.png`.
   curve_metric: ClassVar[str] = "loss"
+  # Folder of the workdir that the task's eval pictures go to ("": it draws none).
+  picture_dir: ClassVar[str] = ""
+
+  def picture_path(self, workdir: str, step: int) -> str:
+    """Where the eval pictures of `step` are drawn: `workdir/<picture_dir>/step_<step>.png`
+    (the loop also sends them to TensorBoard and W&B)."""
+    return os.path.join(workdir, self.picture_dir, f"step_{step:07d}.png")
 
   @classmethod
   def head_fields(cls) -> frozenset[str]:

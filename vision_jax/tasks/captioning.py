@@ -83,6 +83,7 @@ class CaptioningTask(base.Task):
   metric_names: ClassVar[tuple[str, ...]] = (
       "bleu4", "cider", "beam_bleu4", "beam_cider", "token_accuracy", "loss")
   curve_metric: ClassVar[str] = "bleu4"
+  picture_dir: ClassVar[str] = "captions"
 
   @property
   def keys(self) -> tuple[str, ...]:
@@ -240,7 +241,7 @@ class CaptioningTask(base.Task):
       n = len(out["images"])
       caption_pictures.plot_captions(
           out["images"], out["greedy"][:n], [r[0] for r in out["references"][:n]],
-          os.path.join(workdir, "captions", f"step_{step:07d}.png"),
+          self.picture_path(workdir, step),
           attention=None if out["attention"] is None else out["attention"][:n],
           words=[t.split() for t in out["greedy"][:n]])
     return metrics

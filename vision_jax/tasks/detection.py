@@ -94,6 +94,7 @@ class DetectionTask(base.Task):
   metric_names: ClassVar[tuple[str, ...]] = ("map50", "map", "map75")
   lower_is_better: ClassVar[tuple[str, ...]] = ()
   curve_metric: ClassVar[str] = "map50"
+  picture_dir: ClassVar[str] = "detection"
 
   @property
   def keys(self) -> tuple[str, ...]:
@@ -239,7 +240,7 @@ class DetectionTask(base.Task):
       images = [self.example_transform(eval_source[i])["image"] for i in range(n)]
       det_viz.plot_detections(
           images, truths[:n], detections[:n], self.class_names,
-          os.path.join(workdir, "detection", f"step_{step:06d}.png"),
+          self.picture_path(workdir, step),
           title=f"Faster R-CNN ({config.model.name}) on {config.dataset.name}, step {step}")
     return metrics
 

@@ -99,6 +99,7 @@ class SegmentationTask(base.Task):
   keys: ClassVar[tuple[str, ...]] = ("image", "mask")
   metric_names: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy", "mean_accuracy", "loss")
   curve_metric: ClassVar[str] = "miou"
+  picture_dir: ClassVar[str] = "segmentation"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "SegmentationTask":
@@ -190,7 +191,7 @@ class SegmentationTask(base.Task):
     predicted = np.asarray(_predict_fn(model, mesh)(variables, images))  # (N, H, W) classes
     if jax.process_index() == 0:
       from vision_jax.viz import segmentation as seg_viz  # matplotlib: only when drawing.
-      path = os.path.join(workdir, "segmentation", f"step_{step:06d}.png")
+      path = self.picture_path(workdir, step)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)), predicted,
                                self.class_names, path,

@@ -231,7 +231,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     workdir_lib.truncate_records(workdir, step)
   _say(startup.describe(config, model, abstract, task, image_shape, len(train_source),
                         len(eval_source), total_steps, cache))
-  writer = metric_writer.MetricWriter(workdir, start_step=step)
+  writer = metric_writer.MetricWriter(workdir, start_step=step,
+                                      wandb_project=config.train.wandb_project,
+                                      config=config.to_dict())
   compiled = steps.compile_steps(
       mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
       grad_accum_steps=config.train.grad_accum_steps)
@@ -279,6 +281,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           eval_metrics.update(task.evaluate_more(
               model, global_state.eval_variables(), config, eval_source, mesh, workdir, step))
           writer.write(step, "eval", eval_metrics)
+          if task.picture_dir and os.path.exists(picture := task.picture_path(workdir, step)):
+            writer.write_image(step, f"eval/{task.picture_dir}", picture)
           if is_main:
             bar.write(f"step {step}: eval {task.summary(eval_metrics)}")
             task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
@@ -291,20 +295,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
                     "resume.")
           break
+    if is_main and not preempted:
+      writer.write_image(step, "curves", _report(workdir, config, task.curve_metric))
   finally:  # Even on NaN or Ctrl-C: finish pending saves, close files.
     profiler.close()
     bar.close()
     ckpt.close()
     writer.close()
-  if is_main and not preempted:
-    _report(workdir, os.path.join(workdir, workdir_lib.METRICS_FILE), config,
-            task.curve_metric)
   return {**eval_metrics, "step": step, "preempted": preempted}
 
 
-def _report(workdir: str, metrics_path: str, config: ml_collections.ConfigDict,
-            curve_metric: str) -> None:
-  """Plots the curves and tells the user where everything is."""
+def _report(workdir: str, config: ml_collections.ConfigDict, curve_metric: str) -> str:
+  """Plots the curves, tells the user where everything is, and returns the plot's path."""
+  metrics_path = os.path.join(workdir, metric_writer.METRICS_FILE)
   plot = curves.plot_training_curves(metric_writer.read_jsonl(metrics_path),
                                      os.path.join(workdir, "curves.png"),
                                      title=f"{config.model.name} on {config.dataset.name}",
@@ -314,3 +317,4 @@ def _report(workdir: str, metrics_path: str, config: ml_collections.ConfigDict,
         f"  tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"
         f"  checkpoints: {os.path.join(workdir, 'checkpoints')}\n"
         f"  curves:      {plot}")
+  return plot

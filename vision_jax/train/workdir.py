@@ -23,7 +23,6 @@ from vision_jax.train import metric_writer
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 CHANGES_FILE = "config_changes.jsonl"
-METRICS_FILE = "metrics.jsonl"
 # What a workdir trains: changing one of these is a new experiment, even if shapes agree.
 IDENTITY_FIELDS = ("task", "model.name", "dataset.name")
 
@@ -156,7 +155,7 @@ def _atomic_write(path: str, text: str) -> None:
 
 def truncate_records(workdir: str, step: int) -> None:
   """Keeps the records of steps up to `step` (the one a run resumes from; 0: none)."""
-  path = os.path.join(workdir, METRICS_FILE)
+  path = os.path.join(workdir, metric_writer.METRICS_FILE)
   if os.path.exists(path):
     kept = [r for r in metric_writer.read_jsonl(path) if r.get("step", step + 1) <= step]
     _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
