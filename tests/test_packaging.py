@@ -11,8 +11,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Imported inside the one function that needs it, so the library runs without it (a test extra).
-OPTIONAL_IMPORTS = {"torch"}
+# Imported inside the one function that needs it, so the library runs without it (an extra).
+OPTIONAL_IMPORTS = {"torch", "wandb"}
 NOT_FOR_TRAINING = {"tensorflow", "tensorflow-cpu", "torch", "torchvision", "pytest", "chex",
                     "pycocoevalcap", "pycocotools"}
 
