@@ -1,0 +1,77 @@
+"""experiments/benchmark.py: its tiny mode's table and JSON, and the PyTorch twins' sizes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vision_jax import models
+
+import shipped
+
+COLUMNS = ["framework", "mode", "train img/s", "infer img/s", "step ms", "compile s", "peak MB",
+           "MFU %"]
+NUMBERS = {"train img/s": "train_images_per_sec", "infer img/s": "infer_images_per_sec",
+           "step ms": "step_ms", "compile s": "compile_s", "peak MB": "peak_mb",
+           "MFU %": "mfu_percent"}
+
+
+def _markdown_rows(text: str) -> list[dict]:
+  """The table's rows as {header: cell}."""
+  lines = [line for line in text.splitlines() if line.startswith("|")]
+  split = lambda line: [c.strip() for c in line.strip("|").split("|")]  # noqa: E731
+  header = split(lines[0])
+  assert header == COLUMNS
+  return [dict(zip(header, split(line))) for line in lines[2:]]
+
+
+def test_tiny_run_prints_every_column_and_writes_the_same_numbers(tmp_path):
+  json_out = tmp_path / "bench.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # One CPU device, as users.
+  command = [sys.executable, os.path.join(shipped.REPO, "experiments", "benchmark.py"), "--tiny",
+             "--model=simple_cnn", "--batch_size=8", "--image_size=32", "--steps=2",
+             "--skip_torch_compile", f"--json_out={json_out}"]
+  out = subprocess.run(command, env=env, check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  rows = _markdown_rows(out)
+  assert [(r["framework"], r["mode"]) for r in rows] == [("vision_jax", "jit"),
+                                                         ("pytorch", "eager")]
+  result = json.loads(json_out.read_text())
+  assert result["config"]["batch_size"] == 8 and result["config"]["steps"] == 2
+  assert result["train_flops_per_step"] > 0
+  for row, saved in zip(rows, result["rows"], strict=True):
+    assert (row["framework"], row["mode"]) == (saved["framework"], saved["mode"])
+    for header, key in NUMBERS.items():
+      if saved[key] is None:  # CPU: no peak memory; no --peak_tflops: no MFU.
+        assert row[header] == ""
+      else:
+        assert saved[key] > 0
+        decimals = len(row[header].partition(".")[2])
+        assert float(row[header]) == pytest.approx(saved[key], abs=0.51 * 10**-decimals)
+  notes = result["notes"]  # Say why the columns are empty.
+  assert any(n.startswith("peak MB") for n in notes) and any(n.startswith("MFU") for n in notes)
+  assert all(f"- {note}" in out for note in notes)
+
+
+def test_unknown_model_is_one_line_naming_the_valid_choices():
+  command = [sys.executable, os.path.join(shipped.REPO, "experiments", "benchmark.py"),
+             "--model=resnet21", "--tiny"]
+  done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.startswith("error: Unknown model 'resnet21'; valid choices:")
+  assert "'resnet20'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "resnet20", "resnet56"])
+def test_pytorch_twin_has_our_parameter_count(name):
+  torch_side = shipped.load_module(os.path.join("experiments", "benchmark_torch.py"))
+  twin = torch_side.network(name, num_classes=10, image_size=32, channels=3)
+  ours = jax.eval_shape(
+      lambda x: models.get_model(name, num_classes=10).init(jax.random.key(0), x, train=False),
+      jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  assert sum(p.numel() for p in twin.parameters()) == sum(
+      x.size for x in jax.tree.leaves(ours["params"]))
