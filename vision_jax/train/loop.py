@@ -229,8 +229,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if jax.process_index() == 0:
     workdir_lib.record_config(workdir, config, changes if step else {}, step)
     workdir_lib.truncate_records(workdir, step)
-  _say(startup.describe(config, model, abstract, task, image_shape, len(train_source),
-                        len(eval_source), total_steps, cache))
+  if jax.process_index() == 0:  # Lowers the forward pass: only where it is printed.
+    _say(startup.describe(config, model, abstract, task, image_shape, len(train_source),
+                          len(eval_source), total_steps, cache))
   writer = metric_writer.MetricWriter(workdir, start_step=step,
                                       wandb_project=config.train.wandb_project,
                                       config=config.to_dict())

@@ -3,9 +3,9 @@
 import os
 
 import jax
-import jax.numpy as jnp
 
 from vision_jax import tasks
+from vision_jax.train.state import example_inputs
 
 
 def use_compilation_cache(directory: str) -> str | None:
@@ -39,8 +39,7 @@ def flops_per_image(model, abstract_state, task: tasks.Task,
   Read from the lowered program, so nothing is compiled or allocated.
   """
   variables = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats}
-  inputs = jax.eval_shape(lambda: task.init_inputs(image_shape) or
-                          (jnp.zeros((1, *image_shape), jnp.float32),))
+  inputs = jax.eval_shape(lambda: example_inputs(image_shape, task.init_inputs(image_shape)))
   forward = jax.jit(lambda v, *x: model.apply(v, *x, train=False))
   cost = forward.lower(variables, *inputs).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -51,6 +51,11 @@ class TrainState(flax.struct.PyTreeNode):
     return {"params": params, "batch_stats": self.batch_stats}
 
 
+def example_inputs(image_shape: tuple[int, ...], init_inputs: tuple | None = None) -> tuple:
+  """What `model.init` is traced with: the task's `init_inputs`, else one zero image."""
+  return init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
+
+
 def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
                             image_shape: tuple[int, ...], mesh: jax.sharding.Mesh,
                             use_ema: bool, init_inputs: tuple | None = None
@@ -75,8 +80,7 @@ def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
   """
   def init(rng):
     init_rng, state_rng = jax.random.split(rng)
-    inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
-    variables = model.init(init_rng, *inputs, train=False)
+    variables = model.init(init_rng, *example_inputs(image_shape, init_inputs), train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
