@@ -407,6 +407,13 @@ def test_captioning_task_trains_evaluates_and_resumes_through_the_loop(tmp_path,
   vocab = json.load(open(os.path.join(workdir, "vocab.json")))["words"]
   assert {"circle", "left", "of"} <= set(vocab)
   assert os.listdir(os.path.join(workdir, "captions")) == ["step_0000002.png"]
+  # Inference rebuilds the captioner through the workdir's task, with its saved vocabulary.
+  from vision_jax.train import inference
+  loaded = inference.load_for_inference(workdir)
+  images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
+  predicted = loaded.predict(images)
+  assert len(predicted["caption"]) == len(predicted["beam_caption"]) == 2
+  assert all(set(c.split()) <= set(vocab) for c in predicted["caption"])
   # Resuming reads the saved vocabulary (a changed min_count would otherwise change the ids).
   c.train.num_steps = 3
   c.captioning.min_count = 1000

@@ -566,6 +566,15 @@ def test_shapes_detection_trains_evaluates_and_draws(tiny_shapes_dir, tmp_path):
   picture = tmp_path / "detection" / "step_0000002.png"
   from PIL import Image
   assert Image.open(picture).size == (500, 2 * 250 + 50)
+  # Inference rebuilds the Faster R-CNN through the workdir's task.
+  from vision_jax.train import inference
+  loaded = inference.load_for_inference(str(tmp_path))
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  detections = loaded.predict(images)["detections"]
+  assert len(detections) == 3
+  for found in detections:
+    assert found["boxes"].shape == (len(found["labels"]), 4) == (len(found["scores"]), 4)
+    assert ((0 <= found["labels"]) & (found["labels"] < loaded.task.num_classes)).all()
 
 
 @pytest.mark.parametrize("name, classes", [("coco_detection", 80), ("voc_detection", 20)])

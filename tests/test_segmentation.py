@@ -336,6 +336,12 @@ def test_mock_oxford_pets_trains_one_step_and_draws_predictions(tmp_path):
   c.segmentation.num_pictures = 2
   with tfds.testing.mock_data(num_examples=10):
     result = loop.train_and_evaluate(c, str(tmp_path))
+    # Inference rebuilds the FCN through the workdir's task: a class per pixel.
+    from vision_jax.train import inference
+    loaded = inference.load_for_inference(str(tmp_path))
+    images = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), np.uint8)
+    mask = loaded.predict(images)["mask"]
+  assert mask.shape == (2, 64, 64) and ((0 <= mask) & (mask < loaded.task.num_classes)).all()
   assert result["step"] == 1 and result["num_examples"] == 10  # One full, one padded batch.
   assert 0.0 <= result["miou"] <= 1.0 and 0.0 <= result["pixel_accuracy"] <= 1.0
   assert result["num_pixels"] <= 10 * 64 * 64  # Mock masks are random bytes: mostly ignored.

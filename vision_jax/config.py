@@ -7,8 +7,10 @@ the command line then locks the config, so a misspelt key there
 (`--config.optim.learning_rat=0.1`) fails instead of being silently added.
 """
 
+import importlib
 import importlib.util
 import math
+import os
 
 import ml_collections
 
@@ -46,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the full schema with defaults (a small CNN on the embedded shapes dataset)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Modules imported before any model or task name is looked up (training, resume, viz,
+  # inference): a paper's own package that registers its models and tasks, e.g.
+  # ("my_paper.models", "my_paper.tasks"). They must be importable (on sys.path).
+  c.imports = ()
   c.task = "classification"  # What is learnt (see vision_jax.tasks.TASKS).
 
   c.dataset = ml_collections.ConfigDict()
@@ -191,18 +197,50 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def import_modules(names, field: str = "config.imports") -> None:
+  """Imports the modules `names` (`config.imports`: where a paper registers models and tasks).
+
+  Every entry point calls it before it reads a registry.
+
+  Args:
+    names: module names, e.g. ("my_paper.models",); None or () imports nothing (workdirs
+      written before the field existed have none).
+    field: where the names come from, for messages.
+
+  Raises:
+    UserError: for a module that cannot be imported, naming it and PYTHONPATH.
+  """
+  names = names or ()
+  if isinstance(names, str):
+    raise UserError(f"{field}={names!r} must be a tuple of module names, e.g. ({names!r},).")
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except ModuleNotFoundError as e:
+      if e.name is None or not name.startswith(e.name):
+        raise  # A module that `name` itself imports is missing: its own traceback says which.
+      raise UserError(
+          f"{field} names {name!r}, which cannot be imported ({e}). Run from the "
+          "directory that holds its package, or add that directory to PYTHONPATH (now "
+          f"{os.environ.get('PYTHONPATH', 'unset')!r}).") from e
+
+
 def _check_choice(field: str, value, choices) -> None:
   """Raises a UserError unless `value` (of `config.<field>`) is one of `choices`."""
   if value not in choices:
     raise UserError(f"config.{field}={value!r} is not valid; valid choices: {list(choices)}")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             task_type: type | None = None) -> None:
   """Fails early, naming the bad value and the valid choices.
+
+  Imports `config.imports` first, so a paper's own models and tasks are registered.
 
   Args:
     config: an experiment config built from `base_config()`.
     num_devices: the number of devices the global batch is split over.
+    task_type: the `Task` class trained; None: the one registered as `config.task`.
 
   Raises:
     UserError: naming `config.<field>`, the value and the valid range or choices.
@@ -211,14 +249,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   from vision_jax import models, tasks
   from vision_jax.models import precision
 
-  _check_choice("task", config.task, sorted(tasks.TASKS))
-  _check_choice("model.name", config.model.name, sorted(models.MODELS))
+  import_modules(config.imports)
+  if task_type is None:
+    task_type = tasks.TASKS.lookup(config.task, field="task")
+  models.MODELS.lookup(config.model.name, field="model.name")
   _check_choice("model.dtype", config.model.dtype, DTYPES)
   precision.dtypes(config.model.dtype)  # float64 without JAX's 64-bit mode fails here.
   _check_choice("optim.name", config.optim.name, OPTIMIZERS)
   _check_choice("optim.schedule", config.optim.schedule, SCHEDULES)
   _check_choice("train.best_metric", config.train.best_metric,
-                tasks.TASKS[config.task].metric_names)
+                task_type.metric_names)
   _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
   _check_choice("input.train_crop", config.input.train_crop, TRAIN_CROPS)
   for field, test, valid in _RANGES:
@@ -226,7 +266,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     value = config[section][name]
     if value is not None and not test(value):
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
-  _check_model_kwargs(config)
+  _check_model_kwargs(config, task_type.head_fields())
   if config.train.wandb_project and importlib.util.find_spec("wandb") is None:
     raise UserError(f"config.train.wandb_project={config.train.wandb_project!r} needs the wandb "
                     'package: pip install wandb (or set config.train.wandb_project="").')
@@ -285,11 +325,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     raise UserError(f"config.input.std={tuple(config.input.std)} must be > 0 in every "
                     "channel (pixels are divided by it), e.g. 0.25.")
   if config.input.image_size is not None:
-    validate_image_shape(config, (config.input.image_size, config.input.image_size, None))
+    validate_image_shape(config, (config.input.image_size, config.input.image_size, None),
+                         task_type)
 
 
 def validate_image_shape(config: ml_collections.ConfigDict,
-                         image_shape: tuple[int, int, int | None]) -> None:
+                         image_shape: tuple[int, int, int | None],
+                         task_type: type | None = None) -> None:
   """Checks the config against the images: mean/std per channel, and the model's smallest input.
 
   `validate` calls it when `input.image_size` fixes the size (channels unknown); the training
@@ -298,13 +340,18 @@ def validate_image_shape(config: ml_collections.ConfigDict,
   Args:
     config: an experiment config that passed `validate`.
     image_shape: (H, W, C) of the model's input images; C None when not known yet.
+    task_type: the `Task` class trained; None: the one registered as `config.task`.
 
   Raises:
     UserError: for mean/std of another channel count, or images too small for the model.
   """
   # Imported here: the schema itself must stay import-light.
+  from vision_jax import tasks
   from vision_jax.models import input_size
 
+  if task_type is None:
+    task_type = tasks.TASKS.lookup(config.task, field="task")
+  head = task_type.head_fields()
   height, width, channels = image_shape
   for field in ("mean", "std"):
     values = tuple(config.input[field])
@@ -318,23 +365,16 @@ def validate_image_shape(config: ml_collections.ConfigDict,
          "Set config.input.image_size to at least that (images are resized to it).")
   input_size.check_input_size(config.model.name, (height, width, channels or 3), fix=fix,
                               field=f"config.input.image_size={config.input.image_size}",
-                              **_backbone_kwargs(config))
+                              **{k: v for k, v in config.model.kwargs.items()
+                                 if k not in head})
 
 
-def _backbone_kwargs(config: ml_collections.ConfigDict) -> dict:
-  """`config.model.kwargs` that go to the `config.model.name` model (not the task's head)."""
-  from vision_jax import tasks  # pylint: disable=g-import-not-at-top
-  head = tasks.TASKS[config.task].head_fields()
-  return {k: v for k, v in config.model.kwargs.items() if k not in head}
-
-
-def _check_model_kwargs(config: ml_collections.ConfigDict) -> None:
-  """Every `config.model.kwargs` entry is a field of the model (or of the task's head)."""
-  from vision_jax import models, tasks  # pylint: disable=g-import-not-at-top
+def _check_model_kwargs(config: ml_collections.ConfigDict, head: frozenset[str]) -> None:
+  """Every `config.model.kwargs` entry is a field of the model or of the task's head (`head`)."""
+  from vision_jax import models  # pylint: disable=g-import-not-at-top
   fields = models.model_fields(config.model.name)
   if fields is None:  # Not a dataclass: the model's own constructor checks.
     return
-  head = tasks.TASKS[config.task].head_fields()
   unknown = sorted(set(config.model.kwargs) - set(fields) - head)
   if unknown:
     raise UserError(

@@ -14,13 +14,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vision_jax import errors
+from vision_jax import errors, registry
 from vision_jax.models import alexnet, googlenet, resnet, vgg, wide_resnet
 from vision_jax.models.mlp import MLP
 from vision_jax.models.simple_cnn import SimpleCNN
 
-# Name -> constructor taking the model's fields as keyword arguments. Add new models here.
-MODELS: dict[str, Callable[..., nn.Module]] = {
+# Name -> constructor taking the model's fields as keyword arguments. Built-in models are listed
+# here; code outside the package adds its own with `register`.
+MODELS: registry.Registry[Callable[..., nn.Module]] = registry.Registry("model", "vision_jax.models.register", {
     "mlp": MLP,
     "simple_cnn": SimpleCNN,
     # CIFAR-style (32x32 inputs).
@@ -46,7 +47,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": vgg.VGG16BN,
     "vgg19_bn": vgg.VGG19BN,
     "googlenet": googlenet.GoogLeNet,
-}
+})
+register = MODELS.register
 
 
 # Fields `get_model` sets itself, so they are no model kwargs.
@@ -55,7 +57,7 @@ _SET_BY_GET_MODEL = ("parent", "name", "num_classes", "dtype", "param_dtype")
 
 def model_fields(name: str) -> tuple[str, ...] | None:
   """The fields of model `name` that `get_model` takes as kwargs (None: not a dataclass)."""
-  constructor = MODELS[name]
+  constructor = MODELS.lookup(name)
   cls = getattr(constructor, "func", constructor)  # Variants are `functools.partial`s.
   if not dataclasses.is_dataclass(cls):
     return None
@@ -63,13 +65,13 @@ def model_fields(name: str) -> tuple[str, ...] | None:
 
 
 def get_model(
-    name: str, *, num_classes: int, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+    name: str, *, num_classes: int | None, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
     **kwargs: Any) -> nn.Module:
   """Builds a registered model.
 
   Args:
-    name: A key of `MODELS`.
-    num_classes: Number of output logits.
+    name: A key of `MODELS` (built in, or added with `register`).
+    num_classes: Number of output logits; None builds the model without its classifier.
     dtype: Computation dtype, e.g. jnp.bfloat16 for mixed precision (logits stay float32).
     param_dtype: Parameter dtype.
     **kwargs: Other fields of the model, e.g. `dropout_rate` or `bn_axis_name`.
@@ -81,8 +83,7 @@ def get_model(
     errors.UserError: If `name` is not registered, `num_classes` is below 1, or a kwarg is no
       field of the model.
   """
-  if name not in MODELS:
-    raise errors.UserError(f"Unknown model {name!r}; valid choices: {sorted(MODELS)}")
+  constructor = MODELS.lookup(name)
   if num_classes is not None and num_classes < 1:
     raise errors.UserError(f"num_classes={num_classes} for model {name!r} must be >= 1 (the "
                            "number of output logits).")
@@ -91,9 +92,9 @@ def get_model(
   if unknown:
     raise errors.UserError(f"Model {name!r} has no field {', '.join(unknown)}; its fields: "
                            f"{', '.join(fields)}.")
-  return MODELS[name](num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
+  return constructor(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
 __all__ = [
-    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "model_fields", "resnet",
-    "vgg", "wide_resnet"]
+    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "model_fields", "register",
+    "resnet", "vgg", "wide_resnet"]

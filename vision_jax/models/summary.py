@@ -1,6 +1,7 @@
 """Model summary: layers, output shapes, parameters and FLOPs per image.
 
     python -m vision_jax.models.summary resnet50 [--image_size=224] [--num_classes=1000] [--depth=1]
+    python -m vision_jax.models.summary my_net --imports=my_paper.models  # A model of your own.
 
 FLOPs are XLA's count for one image's inference forward pass (a multiply-add counts as 2).
 """
@@ -12,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax import config as config_lib
 from vision_jax import errors, models
 from vision_jax.models import input_size
 
@@ -19,6 +21,9 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Input height and width.")
 _CHANNELS = flags.DEFINE_integer("channels", 3, "Input channels.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Output classes.")
 _DEPTH = flags.DEFINE_integer("depth", 1, "Module nesting depth shown in the layer table.")
+_IMPORTS = flags.DEFINE_list(
+    "imports", [], "Modules to import first, e.g. a paper's package that registers its models "
+    "(as config.imports).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +60,7 @@ def summary(name: str, image_size: int, channels: int = 3, num_classes: int = 10
 
 
 def main(argv):
+  config_lib.import_modules(_IMPORTS.value, field="--imports")
   if len(argv) != 2:
     raise app.UsageError(f"Name one model; valid choices: {sorted(models.MODELS)}")
   models.get_model(argv[1], num_classes=_NUM_CLASSES.value)  # Checks the name and class count.

@@ -2,32 +2,32 @@
 
 import ml_collections
 
-from vision_jax import errors
+from vision_jax import registry
 from vision_jax.tasks.base import Task
 from vision_jax.tasks.captioning import CaptioningTask
 from vision_jax.tasks.classification import ClassificationTask
 from vision_jax.tasks.detection import DetectionTask
 from vision_jax.tasks.segmentation import SegmentationTask
 
-# `config.task` → class with `from_config(config)`. Add new tasks here.
-TASKS = {
+# `config.task` → a `Task` subclass (built by its `from_config(config)`). Code outside the
+# package adds its own with `register`.
+TASKS: registry.Registry[type[Task]] = registry.Registry("task", "vision_jax.tasks.register", {
     "captioning": CaptioningTask,
     "classification": ClassificationTask,
     "detection": DetectionTask,
     "segmentation": SegmentationTask,
-}
+})
+register = TASKS.register
 
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
   """The task `config.task` names, with its settings from the config.
 
   Raises:
-    errors.UserError: for an unknown task name.
+    errors.UserError: for an unknown task name (naming the choices and how to register one).
   """
-  if config.task not in TASKS:
-    raise errors.UserError(
-        f"config.task={config.task!r} is not valid; valid choices: {sorted(TASKS)}")
-  return TASKS[config.task].from_config(config)
+  return TASKS.lookup(config.task, field="task").from_config(config)
 
 
-__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "DetectionTask", "Task", "get_task"]
+__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "DetectionTask", "SegmentationTask",
+           "Task", "get_task", "register"]

@@ -7,6 +7,7 @@ processes and turned into metrics once, so they are exact whatever the topology.
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, ClassVar
 
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import tensorflow_datasets as tfds
 
 from vision_jax.data import datasets
@@ -39,6 +41,16 @@ class Task:
     """Where the eval pictures of `step` are drawn: `workdir/<picture_dir>/step_<step>.png`
     (the loop also sends them to TensorBoard and W&B)."""
     return os.path.join(workdir, self.picture_dir, f"step_{step:07d}.png")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Task":
+    """The task with its settings from `config` (`tasks.get_task` calls it for `config.task`).
+
+    A task with settings reads them from its own config section or from `config.model.kwargs`;
+    one without needs no override.
+    """
+    del config
+    return cls()
 
   @classmethod
   def head_fields(cls) -> frozenset[str]:
@@ -99,6 +111,20 @@ class Task:
     """One line for the console after an eval."""
     return f"loss {metrics['loss']:.4f}"
 
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """What the model says about a batch of preprocessed images, as host arrays (inference).
+
+    The classification default: `label` (B,) and `probabilities` (B, K) of the softmax.
+
+    Args:
+      model: the task's model (`build_model`).
+      variables: its `{"params", "batch_stats"}`.
+      images: (B, H, W, C) float32, preprocessed as evaluation does.
+    """
+    logits, _ = jitted_apply(model)(variables, images)
+    probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), -1))
+    return {"label": probabilities.argmax(-1), "probabilities": probabilities}
+
   def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
                     eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
     """Eval metrics that are no sums of batches (e.g. BLEU of decoded captions); none here.
@@ -118,3 +144,10 @@ class Task:
     It must not compute on `variables` (see `evaluate_more`, which draws the built-in tasks'
     pictures); host-side work only (e.g. copying files).
     """
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_apply(model: nn.Module):
+  """`model.apply(variables, *inputs, train=False)`, jitted once per model (modules hash by
+  their fields)."""
+  return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False))

@@ -227,6 +227,16 @@ class CaptioningTask(base.Task):
             "attention": np.concatenate(attention)[:count] if attention else None,
             "images": [source[i]["image"] for i in range(min(self.num_pictures, count))]}
 
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """`caption` (greedy, one string per image) and `beam_caption` when `beam_size` > 1."""
+    greedy_fn, beam_fn = self._decoders(model, parallel.make_mesh())
+    tokens, _, _ = greedy_fn(variables, images=images)
+    out = {"caption": [self.vocab.decode(t) for t in np.asarray(tokens)]}
+    if self.beam_size > 1:
+      tokens, _ = beam_fn(variables, images=images)
+      out["beam_caption"] = [self.vocab.decode(t) for t in np.asarray(tokens)]
+    return out
+
   def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
                     eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
     """Corpus BLEU-1..4 and CIDEr-D of greedy and beam captions; draws a few on process 0."""

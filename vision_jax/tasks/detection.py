@@ -224,6 +224,13 @@ class DetectionTask(base.Task):
         truths.append({"boxes": batch["boxes"][i][truth], "labels": batch["labels"][i][truth]})
     return detections, truths
 
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """`detections`: per image, {"boxes" (D, 4) in pixels, "labels" (D,), "scores" (D,)}."""
+    out = jax.device_get(base.jitted_apply(model)(variables, images)[0])
+    return {"detections": [
+        {"boxes": out["boxes"][i][valid], "labels": out["classes"][i][valid],
+         "scores": out["scores"][i][valid]} for i, valid in enumerate(out["valid"])]}
+
   def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
                     eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
     """COCO-style mAP over the eval split; per-class AP@.5; pictures on process 0."""

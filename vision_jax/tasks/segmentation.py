@@ -176,6 +176,11 @@ class SegmentationTask(base.Task):
     return (f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
             f"mean accuracy {metrics['mean_accuracy']:.4f}, loss {metrics['loss']:.4f}")
 
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """`mask` (B, H, W): the predicted class of each pixel."""
+    logits, _ = base.jitted_apply(model)(variables, images)
+    return {"mask": np.asarray(jnp.argmax(logits, -1))}
+
   def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
                     eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
     """Draws the first `num_pictures` eval images: image | ground truth | prediction.

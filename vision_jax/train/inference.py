@@ -1,7 +1,8 @@
-"""A trained classifier back from its workdir, ready to run on images: model, weights, config.
+"""A trained model back from its workdir, ready to run on images: task, model, weights, config.
 
 Training writes `config.json` and Orbax checkpoints of the whole train state into its workdir.
-Inference needs much less: the config to rebuild the model, and the parameters and BatchNorm
+Inference needs much less: the config to rebuild the model through the workdir's task (any
+task, a paper's own too: `config.imports` is imported first), and the parameters and BatchNorm
 statistics. Those are restored as host numpy arrays, so
 a checkpoint written on 8 devices loads on 1 (or the other way round), and the optimiser state is
 not read.
@@ -20,7 +21,8 @@ import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from vision_jax import errors, models
+from vision_jax import config as config_lib
+from vision_jax import errors, tasks
 from vision_jax.models import precision, torch_import
 from vision_jax.data import datasets, transforms
 from vision_jax.train import checkpoint
@@ -30,18 +32,21 @@ _STATE_ITEM = "state"  # The train state's item name in `checkpoint.Checkpointer
 
 @dataclasses.dataclass(frozen=True)
 class Loaded:
-  """A restored classifier.
+  """A restored model.
 
   Attributes:
-    model: the registry model, unbound.
+    task: the workdir's task (`config.task`), ready (e.g. with its vocabulary).
+    model: the task's model, unbound.
     variables: `{"params", "batch_stats"}` as numpy arrays (EMA parameters when the run kept
       them); pass to `model.apply(variables, images, train=False)`.
     config: the run's config.
     info: the dataset's name, class count and image shape.
-    class_names: a name per label (`str(label)` when the dataset has none).
+    class_names: a name per image-level label (`str(label)` when the dataset names none; ()
+      when it has no `label`).
     image_shape: (H, W, C) the model expects, after `preprocess`.
     step: the checkpoint's step.
   """
+  task: tasks.Task
   model: object
   variables: dict
   config: ml_collections.ConfigDict
@@ -53,6 +58,19 @@ class Loaded:
   def preprocess(self, images: np.ndarray) -> np.ndarray:
     """`preprocess(images, self.config)`, checked against the model's input shape."""
     return preprocess(images, self.config, self.image_shape)
+
+  def predict(self, images: np.ndarray) -> dict:
+    """The task's predictions for uint8 images (B, H, W, C), or one image (H, W, C).
+
+    Images are preprocessed as evaluation does (resized to `input.image_size` when the run
+    set it, normalised). What comes back is the task's (`Task.predictions`): e.g. `label` and
+    `probabilities` for classification, `mask` for segmentation, `detections` for detection,
+    `caption` for captioning; for one image, each array or list has a batch of one.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+      images = images[None]
+    return self.task.predictions(self.model, self.variables, self.preprocess(images))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -155,19 +173,27 @@ def load_for_inference(workdir: str, step: int | None = None,
   """
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
+  config_lib.import_modules(config.get("imports"))  # Before the task and model names are looked up.
+  task = tasks.get_task(config)
   directory = os.path.join(workdir, "checkpoints")
   step, variables = restore_newest_variables(directory, step)
   datasets.check_name(config.dataset.name)
   # The builder's static info (classes, image shape) needs no prepared data.
   builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
   info = datasets.info(builder)
-  label = builder.info.features["label"]
-  names = tuple(label.names) if label.names else tuple(str(i) for i in range(info.num_classes))
-  model = models.get_model(config.model.name, num_classes=info.num_classes,
-                           **precision.dtypes(dtype or config.model.dtype), **config.model.kwargs)
+  names = ()
+  if info.num_classes is not None:
+    label = builder.info.features["label"]
+    names = tuple(label.names) if label.names else tuple(str(i) for i in range(info.num_classes))
+  task = task.prepare(builder, None, workdir)  # Reads what training saved (e.g. vocab.json).
+  if dtype is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.dtype = dtype
+  precision.dtypes(config.model.dtype)  # float64 without JAX's 64-bit mode fails here.
+  model = task.build_model(config, builder)
   size, channels = config.input.image_size, builder.info.features["image"].shape[-1]
   image_shape = info.image_shape if size is None else (size, size, channels)
-  return Loaded(model=model, variables=variables, config=config,
+  return Loaded(task=task, model=model, variables=variables, config=config,
                 info=info, class_names=names, image_shape=tuple(image_shape), step=step)
 
 

@@ -155,13 +155,18 @@ def _start_state(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoi
   return state, 0
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       task: tasks.Task | None = None) -> dict:
   """Trains and evaluates a model as `config` says, writing everything into `workdir`.
 
   Args:
     config: an experiment config (see `vision_jax.config.base_config`).
     workdir: output directory: `checkpoints/`, `tensorboard/`, `metrics.jsonl`, `config.json`,
       `curves.png`. If it holds a checkpoint, training resumes from the newest intact one.
+    task: the task to train, e.g. an instance of a paper's own `Task` subclass; None builds
+      the one registered as `config.task` (`tasks.get_task`). `viz` and inference rebuild a
+      workdir's task from `config.task`, so register a task of your own under that name
+      (`vision_jax.tasks.register`) to use them.
 
   Returns:
     The last eval metrics, plus `step` and `preempted` (True when SIGTERM stopped the run).
@@ -174,21 +179,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not workdir:
     raise errors.UserError("The workdir is empty; pass --workdir=DIR (created if missing).")
   workdir = os.path.abspath(workdir)
-  config_lib.validate(config, num_devices=jax.device_count())
+  config_lib.validate(config, num_devices=jax.device_count(),
+                      task_type=None if task is None else type(task))
   if not jax.config.jax_threefry_partitionable:
     _say("jax_threefry_partitionable is off: dropout masks then depend on how the batch is "
          "sharded, so runs on other device or process counts will differ.", warning=True)
   with workdir_lib.exclusive(workdir, is_main=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, task or tasks.get_task(config))
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        task: tasks.Task) -> dict:
   """`train_and_evaluate` on a validated config and a workdir this run holds."""
   cache = startup.use_compilation_cache(config.train.compilation_cache)
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
-  task = tasks.get_task(config)
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
 
   builder = datasets.get_builder(config.dataset)
@@ -200,7 +206,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   if image_shape is None:
     raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
                            "config.input.image_size.")
-  config_lib.validate_image_shape(config, image_shape)  # Before any split is read.
+  config_lib.validate_image_shape(config, image_shape, type(task))  # Before any split is read.
   train_source, eval_source = (
       datasets.open_split(builder, split, keys=task.dataset_keys(),
                           in_memory=config.dataset.in_memory)
