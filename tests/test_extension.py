@@ -150,8 +150,8 @@ def test_a_paper_package_outside_vision_jax_trains_resumes_and_is_shown(tiny_sha
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["imports"] == ["example_paper"] and saved["task"] == "shape_and_centre"
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  evals = [r for r in records if "eval/centre_error" in r]
-  assert [r["step"] for r in evals] == [4, 6] and all(r["eval/centre_error"] >= 0 for r in evals)
+  evals = [r for r in records if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [4, 6] and all(r["centre_error"] >= 0 for r in evals)
 
   # The same head on a zoo backbone, trained with pmap (BatchNorm over the pmap axis).
   zoo = _run(["-m", "vision_jax.main", "--config=example_paper/config.py:resnet20", *common,
