@@ -154,14 +154,14 @@ def test_segmentation_on_a_dataset_without_masks(tmp_path):
 def test_unprepared_dataset_with_prepare_false_is_a_missing_file(tmp_path):
   c = _config(**{"dataset.data_dir": str(tmp_path), "dataset.prepare": False})
   with pytest.raises(errors.MissingFileError, match="not prepared in .*prepare=False"):
-    datasets.get_builder(c.dataset)
+    datasets.builder_from_config(c.dataset)
 
 
 def test_unknown_dataset_config_lists_the_valid_ones(tmp_path):
   c = _config(**{"dataset.name": "synthetic_shapes/size31", "dataset.data_dir": str(tmp_path)})
   with pytest.raises(errors.UserError, match=r"config.dataset.name='synthetic_shapes/size31': "
                      r"BuilderConfig size31 not found.*valid: synthetic_shapes/size32"):
-    datasets.get_builder(c.dataset)
+    datasets.builder_from_config(c.dataset)
 
 
 def test_truncated_gz_idx_file_names_the_file(tmp_path):

@@ -1,7 +1,6 @@
 """Transforms, dataset lookup and the grain pipeline."""
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -10,13 +9,16 @@ from vision_jax import config as config_lib
 from vision_jax.data import datasets, pipeline, transforms
 
 
+KINDS = {"image": "image", "mask": "mask", "label": "other"}
+
+
 def _example(h=8, w=10):
   image = np.arange(h * w * 3, dtype=np.uint8).reshape(h, w, 3)
   return {"image": image, "mask": image[..., :1].copy(), "label": 3}
 
 
 def _batch(b=16, h=8, w=10):
-  images = np.arange(b * h * w * 3, dtype=np.uint8).reshape(b, h, w, 3)
+  images = (np.arange(b * h * w * 3) % 251).astype(np.uint8).reshape(b, h, w, 3)  # No 255.
   return {"image": images, "mask": images[..., :1].copy(), "label": np.arange(b)}
 
 
@@ -31,17 +33,18 @@ def _sampled(batch, rng, padding=3):
 def test_crop_and_flip_move_image_and_mask_together():
   rng = np.random.default_rng(0)
   for _ in range(5):
-    out = transforms.apply_crop_and_flip(_sampled(_batch(), rng), padding=3)
+    out = transforms.apply_crop_and_flip(_sampled(_batch(), rng), padding=3, kinds=KINDS)
     assert set(out) == {"image", "mask", "label"}
     assert out["image"].shape == (16, 8, 10, 3) and out["mask"].shape == (16, 8, 10, 1)
-    np.testing.assert_array_equal(out["image"][..., :1], out["mask"])
+    outside = out["mask"] == transforms.MASK_FILL  # Padding: 255 in masks, 0 in images.
+    np.testing.assert_array_equal(out["image"][..., :1], np.where(outside, 0, out["mask"]))
     np.testing.assert_array_equal(out["label"], np.arange(16))
 
 
 def test_crop_is_a_shifted_window_of_each_zero_padded_image():
   batch = _batch()
   offsets = np.random.default_rng(1).integers(0, 5, size=(16, 2))
-  out = transforms.pad_and_crop(batch, offsets, padding=2)
+  out = transforms.pad_and_crop(batch, offsets, padding=2, kinds=KINDS)
   for i, (t, l) in enumerate(offsets):
     padded = np.pad(batch["image"][i], ((2, 2), (2, 2), (0, 0)))
     np.testing.assert_array_equal(out["image"][i], padded[t:t + 8, l:l + 10])
@@ -50,7 +53,8 @@ def test_crop_is_a_shifted_window_of_each_zero_padded_image():
 
 def test_flip_reverses_columns_of_about_half_the_batch():
   batch = _batch(64)
-  out = transforms.apply_crop_and_flip(_sampled(batch, np.random.default_rng(0)), padding=0)
+  out = transforms.apply_crop_and_flip(_sampled(batch, np.random.default_rng(0)), padding=0,
+                                      kinds=KINDS)
   flipped = [np.array_equal(o, b[:, ::-1]) for o, b in zip(out["image"], batch["image"])]
   kept = [np.array_equal(o, b) for o, b in zip(out["image"], batch["image"])]
   assert all(f != k for f, k in zip(flipped, kept))
@@ -58,7 +62,7 @@ def test_flip_reverses_columns_of_about_half_the_batch():
 
 
 def test_resize_and_center_crop_and_normalize():
-  out = transforms.resize_and_center_crop(_example(16, 24), size=8)
+  out = transforms.resize_and_center_crop(_example(16, 24), size=8, kinds=KINDS)
   assert out["image"].shape == (8, 8, 3) and out["mask"].shape == (8, 8, 1)
   norm = transforms.normalize(out, mean=np.float32(0.5), std=np.float32(0.25))
   assert norm["image"].dtype == np.float32
@@ -82,7 +86,7 @@ def test_random_resized_crop_moves_image_and_mask_together_and_varies():
   example = {"image": image, "mask": (cols * 3).astype(np.uint8)[..., None], "label": 1}
   boxes = set()
   for _ in range(20):
-    out = transforms.random_resized_crop(example, rng, size=16)
+    out = transforms.random_resized_crop(example, rng, size=16, kinds=KINDS)
     assert out["image"].shape == (16, 16, 3) and out["mask"].shape == (16, 16, 1)
     assert out["label"] == 1
     # Column index survives in both: the mask (nearest) stays within rounding of the image.
@@ -117,19 +121,17 @@ def test_random_resized_crop_falls_back_to_a_centred_box_for_extreme_images():
 
 
 def test_imagenet_style_pipeline_on_variable_size_mock_images():
-  c = _input_config(batch_size=8, eval_batch_size=8)
-  c.image_size = 24
-  c.train_crop = "random_resized"
-  c.center_crop_fraction = 0.875
-  c.mean, c.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  c = pipeline.InputOptions(batch_size=8, eval_batch_size=8, image_size=24,
+                            train_crop="random_resized", center_crop_fraction=0.875,
+                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   with tfds.testing.mock_data(num_examples=12):
-    builder = datasets.get_builder(_dataset_config(None, name="imagenet2012", prepare=True))
+    builder = datasets.get_builder("imagenet2012", prepare=True)
     assert datasets.info(builder).image_shape is None  # Sizes vary, as in the real dataset.
     source = datasets.open_split(builder, "train")
     shapes = {source[i]["image"].shape for i in range(len(source))}
     assert len(shapes) > 1
-    train = next(pipeline.train_batches(c, source, seed=0))
-    evals = list(pipeline.eval_batches(c, datasets.open_split(builder, "validation")))
+    train = next(pipeline.train_batches(source, c, seed=0))
+    evals = list(pipeline.eval_batches(datasets.open_split(builder, "validation"), c))
   assert train["image"].shape == (8, 24, 24, 3) and train["image"].dtype == np.float32
   assert all(b["image"].shape == (8, 24, 24, 3) for b in evals)
   assert sum(b["weight"].sum() for b in evals) == 12
@@ -145,19 +147,16 @@ def test_random_resized_crop_needs_an_image_size():
     config_lib.validate(c, num_devices=1)
 
 
-def _input_config(batch_size=32, eval_batch_size=32):
-  c = config_lib.base_config().input
-  c.batch_size, c.eval_batch_size = batch_size, eval_batch_size
-  return c
+def _input_config(batch_size=32, eval_batch_size=32, **fields):
+  return pipeline.InputOptions(batch_size=batch_size, eval_batch_size=eval_batch_size, **fields)
 
 
-def _dataset_config(data_dir, name="synthetic_shapes/tiny32", prepare=False):
-  return ml_collections.ConfigDict({"name": name, "data_dir": data_dir, "manual_dir": None,
-                                    "prepare": prepare})
+def _tiny_shapes(data_dir):
+  return datasets.get_builder("synthetic_shapes/tiny32", data_dir=data_dir, prepare=False)
 
 
 def test_in_memory_source_equals_the_array_record_source(tiny_shapes_dir):
-  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
+  builder = _tiny_shapes(tiny_shapes_dir)
   disk = datasets.open_split(builder, "train")
   memory = datasets.open_split(builder, "train", in_memory=True)
   assert len(disk) == len(memory) == 256
@@ -168,9 +167,9 @@ def test_in_memory_source_equals_the_array_record_source(tiny_shapes_dir):
 
 
 def test_eval_batches_cover_the_split_once_with_masked_padding(tiny_shapes_dir):
-  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
+  builder = _tiny_shapes(tiny_shapes_dir)
   source = datasets.open_split(builder, "test", in_memory=True)  # 64 examples
-  batches = list(pipeline.eval_batches(_input_config(eval_batch_size=48), source))
+  batches = list(pipeline.eval_batches(source, _input_config(eval_batch_size=48)))
   assert [b["image"].shape for b in batches] == [(48, 32, 32, 3)] * 2
   assert sum(b["weight"].sum() for b in batches) == 64
   assert not batches[1]["image"][16:].any()  # Padding is zeros with weight 0.
@@ -179,8 +178,7 @@ def test_eval_batches_cover_the_split_once_with_masked_padding(tiny_shapes_dir):
 
 
 def _shapes_train(tiny_shapes_dir):
-  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
-  return datasets.open_split(builder, "train", in_memory=True)
+  return datasets.open_split(_tiny_shapes(tiny_shapes_dir), "train", in_memory=True)
 
 
 def _assert_same_batches(expected, actual):
@@ -191,9 +189,9 @@ def _assert_same_batches(expected, actual):
 
 def test_train_batches_are_seeded_and_start_at_any_step(tiny_shapes_dir):
   source = _shapes_train(tiny_shapes_dir)
-  stream = pipeline.train_batches(_input_config(), source, seed=7)
+  stream = pipeline.train_batches(source, _input_config(), seed=7)
   batches = [next(stream) for _ in range(13)]  # Crosses an epoch boundary (256 / 32 = 8).
-  resumed = pipeline.train_batches(_input_config(), source, seed=7, start_step=3)
+  resumed = pipeline.train_batches(source, _input_config(), seed=7, start_step=3)
   _assert_same_batches(batches[3:], [next(resumed) for _ in range(10)])
   # Each epoch is a new permutation of all 256 records.
   epoch1 = np.concatenate([b["label"] for b in batches[:8]])
@@ -201,7 +199,7 @@ def test_train_batches_are_seeded_and_start_at_any_step(tiny_shapes_dir):
   assert sorted(np.bincount(epoch1)) == sorted(np.bincount([source[i]["label"]
                                                             for i in range(256)]))
   assert not np.array_equal(epoch1[:len(epoch2)], epoch2)
-  other_seed = next(pipeline.train_batches(_input_config(), source, seed=8))
+  other_seed = next(pipeline.train_batches(source, _input_config(), seed=8))
   assert not np.array_equal(other_seed["label"], batches[0]["label"])
   assert batches[0]["image"].dtype == np.float32 and batches[0]["image"].shape == (32, 32, 32, 3)
 
@@ -209,13 +207,13 @@ def test_train_batches_are_seeded_and_start_at_any_step(tiny_shapes_dir):
 def test_processes_together_read_exactly_the_single_process_batch(tiny_shapes_dir, monkeypatch):
   """Global batch s is the same records with the same augmentation on any process count."""
   source = _shapes_train(tiny_shapes_dir)
-  single = pipeline.train_batches(_input_config(), source, seed=5, start_step=6)
+  single = pipeline.train_batches(source, _input_config(), seed=5, start_step=6)
   expected = [next(single) for _ in range(3)]
   shares = []
   monkeypatch.setattr(pipeline.jax, "process_count", lambda: 4)
   for p in range(4):
     monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
-    stream = pipeline.train_batches(_input_config(), source, seed=5, start_step=6)
+    stream = pipeline.train_batches(source, _input_config(), seed=5, start_step=6)
     shares.append([next(stream) for _ in range(3)])
   for step, want in enumerate(expected):
     local = [shares[p][step] for p in range(4)]
@@ -228,15 +226,14 @@ def test_processes_together_read_exactly_the_single_process_batch(tiny_shapes_di
 def test_processes_together_read_exactly_the_single_process_eval_batches(tiny_shapes_dir,
                                                                           monkeypatch):
   """Eval: the same padded global batches on any process count, even where a share is empty."""
-  builder = datasets.get_builder(_dataset_config(tiny_shapes_dir))
-  source = datasets.open_split(builder, "test", in_memory=True)  # 64 examples
+  source = datasets.open_split(_tiny_shapes(tiny_shapes_dir), "test", in_memory=True)  # 64
   config = _input_config(eval_batch_size=48)  # 2 batches: 48, then 16 + 32 padding.
-  expected = list(pipeline.eval_batches(config, source))
+  expected = list(pipeline.eval_batches(source, config))
   monkeypatch.setattr(pipeline.jax, "process_count", lambda: 4)
   shares = []
   for p in range(4):  # Blocks of 12: the second batch is 12 + 4 rows, then 2 empty shares.
     monkeypatch.setattr(pipeline.jax, "process_index", lambda p=p: p)
-    shares.append(list(pipeline.eval_batches(config, source)))
+    shares.append(list(pipeline.eval_batches(source, config)))
   assert [len(s) for s in shares] == [2] * 4
   for k, want in enumerate(expected):
     for key in ("image", "label", "weight"):
@@ -254,14 +251,13 @@ def test_global_batch_is_sharded_over_the_mesh():
 
 
 def test_unprepared_dataset_with_prepare_off_names_the_fix(tmp_path):
-  config = _dataset_config(str(tmp_path), name="synthetic_shapes/size32")
   with pytest.raises(FileNotFoundError, match="vision_jax.data.prepare"):
-    datasets.get_builder(config)
+    datasets.get_builder("synthetic_shapes/size32", data_dir=str(tmp_path), prepare=False)
 
 
 def test_stock_tfds_names_go_through_the_same_path():
   with tfds.testing.mock_data(num_examples=10):
-    builder = datasets.get_builder(_dataset_config(None, name="cifar100", prepare=True))
+    builder = datasets.get_builder("cifar100")
     source = datasets.open_split(builder, "train")
     assert datasets.info(builder).num_classes == 100
     assert source[0]["image"].shape == (32, 32, 3)
@@ -270,9 +266,7 @@ def test_stock_tfds_names_go_through_the_same_path():
 def test_worker_processes_make_the_same_batches(tiny_shapes_dir):
   """Each worker builds whole batches, so the worker count changes speed, not data."""
   source = _shapes_train(tiny_shapes_dir)
-  config = _input_config()
-  stream = pipeline.train_batches(config, source, seed=3, start_step=2)
+  stream = pipeline.train_batches(source, _input_config(), seed=3, start_step=2)
   expected = [next(stream) for _ in range(3)]
-  config.num_workers = 2
-  stream = pipeline.train_batches(config, source, seed=3, start_step=2)
+  stream = pipeline.train_batches(source, _input_config(num_workers=2), seed=3, start_step=2)
   _assert_same_batches(expected, [next(stream) for _ in range(3)])

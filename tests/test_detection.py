@@ -481,7 +481,8 @@ def test_example_transform_letterboxes_pads_and_drops_crowd_and_empty_boxes():
 def test_flip_mirrors_real_boxes_and_leaves_padding_rows():
   batch = {"image": np.zeros((2, 8, 10, 1)),
            "boxes": np.float32([[[1, 2, 5, 4], [0, 0, 0, 0]], [[1, 2, 5, 4], [0, 0, 0, 0]]])}
-  out = transforms.flip_where(batch, np.array([True, False]))
+  out = transforms.flip_where(batch, np.array([True, False]),
+                             kinds={"image": "image", "boxes": "boxes"})
   np.testing.assert_array_equal(out["boxes"][0], [[1, 6, 5, 8], [0, 0, 0, 0]])  # 10 - 4, 10 - 2.
   np.testing.assert_array_equal(out["boxes"][1], batch["boxes"][1])
 
@@ -492,7 +493,8 @@ def test_pipeline_flips_move_the_boxes_with_the_images():
   source = [_objects_example() for _ in range(16)]
   c = config_lib.base_config().input
   c.batch_size, c.crop_padding, c.random_flip, c.image_size = 16, 0, True, 32
-  batch = next(pipeline.train_batches(c, source, seed=3, keys=task.keys,
+  batch = next(pipeline.train_batches(source, pipeline.InputOptions.from_config(c), seed=3,
+                                      keys=task.keys, kinds=task.feature_kinds,
                                       example_fn=task.example_transform))
   _, boxes, labels = task.model_inputs(jax.tree.map(jnp.asarray, batch))
   boxes = np.asarray(boxes)
@@ -587,11 +589,12 @@ def test_tfds_detection_configs_read_mock_data(name, classes):
   config_lib.validate(c, num_devices=8)
   task = detection.DetectionTask.from_config(c)
   with tfds.testing.mock_data(num_examples=6):
-    builder = datasets.get_builder(c.dataset)
+    builder = datasets.builder_from_config(c.dataset)
     source = datasets.open_split(builder, c.dataset.eval_split, keys=task.dataset_keys())
     task = task.prepare(builder, source, "")
     c.input.eval_batch_size, c.input.num_workers = 4, 0
-    batch = next(pipeline.eval_batches(c.input, source, keys=task.keys,
+    batch = next(pipeline.eval_batches(source, pipeline.InputOptions.from_config(c.input),
+                                       keys=task.keys, kinds=task.feature_kinds,
                                        example_fn=task.example_transform))
   assert task.num_classes == classes
   size, m = c.input.image_size, c.detection.max_boxes

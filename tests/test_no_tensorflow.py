@@ -65,7 +65,6 @@ def _run_without_tensorflow(tmp_path, script: str) -> str:
 
 def test_our_builders_prepare_and_read_without_tensorflow(tmp_path):
   out = _run_without_tensorflow(tmp_path, f"""
-      import ml_collections
       import tensorflow_datasets as tfds
       from vision_jax import config as config_lib
       from vision_jax.data import datasets, pipeline
@@ -83,15 +82,13 @@ def test_our_builders_prepare_and_read_without_tensorflow(tmp_path):
           fashion_mnist_local.FashionMnistLocal(data_dir=data_dir)):
         builder.download_and_prepare(file_format="array_record", download_config=download_config)
 
-      input_config = config_lib.base_config().input
-      input_config.eval_batch_size = 8
+      options = pipeline.InputOptions(eval_batch_size=8)
       for name, keys, image_shape, splits in (
           ("synthetic_shapes/tiny32", ("image", "label", "mask"), (32, 32, 3), sizes),
           ("fashion_scenes/tiny32", ("image", "mask"), (32, 32, 1), sizes),
           ("fashion_mnist_local", ("image", "label"), (28, 28, 1), {{"train": 40, "test": 40}})):
-        config = ml_collections.ConfigDict(
-            {{"name": name, "data_dir": data_dir, "manual_dir": manual_dir, "prepare": False}})
-        builder = datasets.get_builder(config)
+        builder = datasets.get_builder(name, data_dir=data_dir, manual_dir=manual_dir,
+                                       prepare=False)
         info = datasets.info(builder)
         assert info.split_sizes == splits and info.image_shape == image_shape, info
         source = datasets.open_split(builder, "test", keys=keys)
@@ -99,7 +96,8 @@ def test_our_builders_prepare_and_read_without_tensorflow(tmp_path):
         assert example["image"].shape == image_shape and example["image"].dtype == np.uint8
         if "mask" in keys:
           assert example["mask"].shape == image_shape[:2] + (1,), example["mask"].shape
-        batch = next(pipeline.eval_batches(input_config, source, keys=keys))  # Through grain.
+        kinds = {{"image": "image", "label": "other", "mask": "mask"}}
+        batch = next(pipeline.eval_batches(source, options, keys=keys, kinds=kinds))  # Grain.
         assert batch["image"].shape == (8,) + image_shape, batch["image"].shape
         assert np.isfinite(batch["image"]).all() and batch["image"].std() > 0
         print(name, "ok")
@@ -112,7 +110,6 @@ def test_a_builder_that_needs_tensorflow_says_to_install_the_prepare_extra(tmp_p
   # A stand-in for a stock TFDS dataset: its builder hands TFDS numpy images, which TFDS
   # encodes with TensorFlow.
   _run_without_tensorflow(tmp_path, """
-      import ml_collections
       import tensorflow_datasets as tfds
       from vision_jax import errors
       from vision_jax.data import datasets
@@ -132,10 +129,8 @@ def test_a_builder_that_needs_tensorflow_says_to_install_the_prepare_extra(tmp_p
           for i in range(4):
             yield i, {"image": np.zeros((8, 8, 3), np.uint8), "label": i % 2}
 
-      config = ml_collections.ConfigDict(
-          {"name": "numpy_images", "data_dir": "data", "manual_dir": None, "prepare": True})
       try:
-        datasets.get_builder(config)
+        datasets.get_builder("numpy_images", data_dir="data")
         raise AssertionError("no error")
       except errors.UserError as error:
         message = str(error)

@@ -199,7 +199,8 @@ def test_confusion_matrix_over_padded_sharded_batches_is_exact():
   eval_sums = jax.jit(lambda b: task.eval_sums((predict(b["image"]), {}), b),
                       in_shardings=(sharding,), out_shardings=parallel.replicated(mesh))
   total = None
-  for batch in pipeline.eval_batches(config, source, keys=task.keys):
+  for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config),
+                                     keys=task.keys, kinds=task.feature_kinds):
     sums = eval_sums(parallel.to_global(batch, sharding))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   expected = np.zeros((k, k), np.int64)
@@ -222,7 +223,8 @@ def test_random_scale_crop_moves_image_and_mask_together_and_pads_masks_with_fil
   example = {"image": image, "mask": ((cols // 8) + 1).astype(np.uint8)[..., None]}
   scales = set()
   for seed in range(20):
-    out = transforms.random_scale_crop(example, np.random.default_rng(seed), 20, (0.5, 2.0))
+    out = transforms.random_scale_crop(example, np.random.default_rng(seed), 20, (0.5, 2.0),
+                                       kinds={"image": "image", "mask": "mask"})
     assert out["image"].shape == (20, 20, 3) and out["mask"].shape == (20, 20, 1)
     padded = out["mask"][..., 0] == transforms.MASK_FILL
     np.testing.assert_array_equal(out["image"][padded], 0)  # Padding in both, same place.

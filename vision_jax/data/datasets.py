@@ -45,62 +45,74 @@ def check_name(name: str) -> None:
       "see tfds.list_builders()).")
 
 
-def get_builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the TFDS builder for `config.name`, preparing it first if asked and needed.
+def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None = None,
+                prepare: bool = True) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder for dataset `name`, preparing it first if asked and needed.
 
   Args:
-    config: the `dataset` section of an experiment config.
+    name: ours (`vision_jax.data.builders.BUILDERS`, e.g. "synthetic_shapes/size32") or any
+      TFDS name, with its config and version ("cifar10", "voc/2007:5.*.*").
+    data_dir: TFDS data directory; None: TFDS's default.
+    manual_dir: where builders that read local raw files find them.
+    prepare: build the array_record files when they are missing.
 
   Raises:
     errors.UserError: for an unknown name.
-    errors.MissingFileError: when the data is not prepared and `config.prepare` is False.
+    errors.MissingFileError: when the data is not prepared and `prepare` is False.
   """
-  check_name(config.name)
-  builder = _builder(config)
+  check_name(name)
+  builder = _builder(name, data_dir)
   if jax.process_count() > 1:
     # Process 0 prepares first (a shared file system then serves everyone); a process that
     # still finds nothing has a disk of its own and prepares there.
     if jax.process_index() == 0:
-      _prepare(builder, config)
-    multihost_utils.sync_global_devices(f"prepared {config.name}")
-    builder = _builder(config)
-  _prepare(builder, config)
+      _prepare(builder, name, manual_dir, prepare)
+    multihost_utils.sync_global_devices(f"prepared {name}")
+    builder = _builder(name, data_dir)
+  _prepare(builder, name, manual_dir, prepare)
   return builder
 
 
-def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def builder_from_config(section: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """`get_builder` for the `dataset` section of an experiment config."""
+  return get_builder(section.name, data_dir=section.data_dir, manual_dir=section.manual_dir,
+                     prepare=section.prepare)
+
+
+def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """`tfds.builder`, with an unknown config or version of a known dataset as a `UserError`."""
   try:
-    return tfds.builder(config.name, data_dir=config.data_dir, file_format="array_record")
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except (ValueError, AssertionError) as error:  # TFDS: "Failed to construct dataset ...: why"
     why = " ".join(str(error).split('": ', 1)[-1].split()).split(" Here are")[0].rstrip(".")
-    configs = getattr(tfds.builder_cls(_base_name(config.name)), "builder_configs", {})
-    valid = f"; valid: {', '.join(_base_name(config.name) + '/' + c for c in configs)}"
-    raise errors.UserError(f"config.dataset.name={config.name!r}: {why}"
+    configs = getattr(tfds.builder_cls(_base_name(name)), "builder_configs", {})
+    valid = f"; valid: {', '.join(_base_name(name) + '/' + c for c in configs)}"
+    raise errors.UserError(f"config.dataset.name={name!r}: {why}"
                            f"{valid if configs else ''}") from error
 
 
-def _prepare(builder: tfds.core.DatasetBuilder, config: ml_collections.ConfigDict) -> None:
+def _prepare(builder: tfds.core.DatasetBuilder, name: str, manual_dir: str | None,
+             prepare: bool) -> None:
   if builder.is_prepared():
     return
-  if not config.prepare:
+  if not prepare:
     raise errors.MissingFileError(
-        f"Dataset {config.name!r} is not prepared in {builder.data_dir!r} and "
+        f"Dataset {name!r} is not prepared in {builder.data_dir!r} and "
         "config.dataset.prepare=False; prepare it once, e.g. "
-        f"`python -m vision_jax.data.prepare {config.name}`.")
-  download_config = tfds.download.DownloadConfig(manual_dir=config.manual_dir)
+        f"`python -m vision_jax.data.prepare {name}`.")
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
   try:
     builder.download_and_prepare(file_format="array_record", download_config=download_config)
   except ImportError as error:  # TFDS re-raises it with a prefix, without its `.name`.
     if "tensorflow" not in str(error) or importlib.util.find_spec("tensorflow") is not None:
       raise
     raise errors.UserError(
-        f"Preparing dataset {config.name!r} needs TensorFlow, which is not installed (the "
+        f"Preparing dataset {name!r} needs TensorFlow, which is not installed (the "
         "training install leaves it out: our own builders and training do not need it). "
         "Install the `prepare` extra, `pip install -r requirements-prepare.txt` (or "
         "`pip install -e '.[prepare]'`), and run again; TFDS keeps what it has downloaded. "
         "Or prepare on another machine with "
-        f"`python -m vision_jax.data.prepare {config.name}` and copy the data directory "
+        f"`python -m vision_jax.data.prepare {name}` and copy the data directory "
         "here.") from error
 
 

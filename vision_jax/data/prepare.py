@@ -9,7 +9,6 @@ the data directory to the accelerator machine, train there with `--config.datase
 """
 
 from absl import app, flags
-import ml_collections
 
 from vision_jax import errors
 from vision_jax.data import datasets
@@ -22,10 +21,8 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Name at least one dataset, e.g. synthetic_shapes/size32.")
   for name in argv[1:]:
-    config = ml_collections.ConfigDict(
-        {"name": name, "data_dir": _DATA_DIR.value, "manual_dir": _MANUAL_DIR.value,
-         "prepare": True})
-    builder = datasets.get_builder(config)
+    builder = datasets.get_builder(name, data_dir=_DATA_DIR.value, manual_dir=_MANUAL_DIR.value,
+                                   prepare=True)
     print(f"{builder.info.full_name}: {builder.data_dir} "
           f"{ {k: v.num_examples for k, v in builder.info.splits.items()} }")
 

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import datasets
+from vision_jax.data import datasets, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +27,12 @@ class Task:
 
   Subclasses are frozen dataclasses (hashable: they are static arguments of compiled steps).
   """
-  # Features of an example that batches carry (geometric transforms move `image` and `mask`).
+  # Features of an example that batches carry (read from the dataset, before `example_transform`).
   keys: ClassVar[tuple[str, ...]] = ("image", "label")
+  # Feature → kind (`transforms.KINDS`) of every batch feature (after `example_transform`): how
+  # geometric augmentation moves it (images, masks, boxes, points; "other" stays). The pipeline
+  # refuses a feature without one. Default {"image": "image", "label": "other"}.
+  feature_kinds: ClassVar[transforms.FeatureKinds] = transforms.DEFAULT_KINDS
   # Eval metrics a checkpoint may be ranked by (`train.best_metric`), and which are better low.
   metric_names: ClassVar[tuple[str, ...]] = ("loss",)
   lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import datasets, pipeline
+from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.evaluate import captioning as metrics_lib
 from vision_jax.models import captioner, decoding, precision
 from vision_jax.tasks import base
@@ -84,6 +84,8 @@ class CaptioningTask(base.Task):
       "bleu4", "cider", "beam_bleu4", "beam_cider", "token_accuracy", "loss")
   curve_metric: ClassVar[str] = "bleu4"
   picture_dir: ClassVar[str] = "captions"
+  # After `example_transform`: the image and its caption's token ids.
+  feature_kinds: ClassVar[transforms.FeatureKinds] = {"image": "image", "tokens": "other"}
 
   @property
   def keys(self) -> tuple[str, ...]:
@@ -209,7 +211,8 @@ class CaptioningTask(base.Task):
     greedy_fn, beam_fn = self._decoders(model, mesh)
     replicated = parallel.replicated(mesh)
     greedy, beam, attention = [], [], []
-    for batch in pipeline.eval_batches(config.input, source, keys=self.keys,
+    for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
+                                       keys=self.keys, kinds=self.feature_kinds,
                                        example_fn=self.example_transform, shard=False):
       if len(greedy) >= count:
         break

@@ -10,8 +10,9 @@ boxes (`is_crowd`) and empty boxes).
 
 Flips: the pipeline's per-record random flip (drawn from the record's global position, so the
 stream stays deterministic and resumable) moves `image` and the pixel `boxes` together
-(`transforms.flip_where`). Other geometric augmentation (crops, scales) would move pixels
-without the boxes and is rejected by `config.validate`.
+(`transforms.flip_where`, as `feature_kinds` declares). `config.validate` rejects crops and
+scales: they move the boxes too, but a box cropped away becomes an all-zero row while its label
+stays >= 0, which the targets and metrics here would count as an object.
 
 Evaluation: `eval_sums` only counts images and detections; `evaluate_more` runs the detector
 over the whole eval split on every process (replicated, as captioning decodes) and computes
@@ -95,6 +96,9 @@ class DetectionTask(base.Task):
   lower_is_better: ClassVar[tuple[str, ...]] = ()
   curve_metric: ClassVar[str] = "map50"
   picture_dir: ClassVar[str] = "detection"
+  # After `example_transform`: pixel boxes move with the image; their labels do not.
+  feature_kinds: ClassVar[transforms.FeatureKinds] = {
+      "image": "image", "boxes": "boxes", "labels": "other"}
 
   @property
   def keys(self) -> tuple[str, ...]:
@@ -149,8 +153,8 @@ class DetectionTask(base.Task):
     padded_boxes[:n] = boxes
     padded_labels = np.full((self.max_boxes,), -1, np.int32)
     padded_labels[:n] = labels
-    # The pipeline's flips move `transforms.BOXES_KEY` with the image.
-    return {"image": image, transforms.BOXES_KEY: padded_boxes, "labels": padded_labels}
+    # The pipeline's flips move the boxes with the image (`feature_kinds`).
+    return {"image": image, "boxes": padded_boxes, "labels": padded_labels}
 
   def build_model(self, config: ml_collections.ConfigDict,
                   builder: tfds.core.DatasetBuilder | None) -> nn.Module:
@@ -210,7 +214,8 @@ class DetectionTask(base.Task):
     replicated = parallel.replicated(mesh)
     detections, truths = [], []
     count = len(source) if limit is None else min(limit, len(source))
-    for batch in pipeline.eval_batches(config.input, source, keys=self.keys,
+    for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
+                                       keys=self.keys, kinds=self.feature_kinds,
                                        example_fn=self.example_transform, shard=False):
       if len(detections) >= count:
         break

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 
-from vision_jax.data import datasets, pipeline
+from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.evaluate import segmentation as seg_metrics
 from vision_jax.models import fcn, precision
 from vision_jax.tasks import base
@@ -97,6 +97,7 @@ class SegmentationTask(base.Task):
   num_pictures: int = 4
 
   keys: ClassVar[tuple[str, ...]] = ("image", "mask")
+  feature_kinds: ClassVar[transforms.FeatureKinds] = {"image": "image", "mask": "mask"}
   metric_names: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy", "mean_accuracy", "loss")
   curve_metric: ClassVar[str] = "miou"
   picture_dir: ClassVar[str] = "segmentation"
@@ -190,8 +191,10 @@ class SegmentationTask(base.Task):
     """
     if not self.num_pictures:
       return {}
-    raw, batch = pipeline.eval_examples(config.input, eval_source, self.num_pictures,
-                                        keys=self.keys)
+    raw, batch = pipeline.eval_examples(eval_source,
+                                        pipeline.InputOptions.from_config(config.input),
+                                        self.num_pictures, keys=self.keys,
+                                        kinds=self.feature_kinds)
     images = parallel.to_global({"image": batch["image"]}, parallel.replicated(mesh))["image"]
     predicted = np.asarray(_predict_fn(model, mesh)(variables, images))  # (N, H, W) classes
     if jax.process_index() == 0:

@@ -267,7 +267,7 @@ def eval_examples(config: ml_collections.ConfigDict,
   Returns:
     (B, H, W, C) uint8 images, before resizing, and (B,) int labels.
   """
-  builder = datasets.get_builder(config.dataset)
+  builder = datasets.builder_from_config(config.dataset)
   source = datasets.open_split(builder, config.dataset.eval_split)
   bad = [i for i in indices if not 0 <= i < len(source)]
   if bad:

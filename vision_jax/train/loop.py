@@ -101,7 +101,8 @@ def evaluate(eval_step, state, config: ml_collections.ConfigDict, source,
     task: turns the summed batches into metrics.
   """
   totals = None
-  for batch in pipeline.eval_batches(config.input, source, keys=task.keys,
+  for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
+                                     keys=task.keys, kinds=task.feature_kinds,
                                      example_fn=task.example_transform):
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -197,7 +198,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
   mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
 
-  builder = datasets.get_builder(config.dataset)
+  builder = datasets.builder_from_config(config.dataset)
   task.check_dataset(builder)
   info = datasets.info(builder)
   channels = builder.info.features["image"].shape[-1]
@@ -245,8 +246,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
       grad_accum_steps=config.train.grad_accum_steps)
 
-  train_iter = pipeline.train_batches(config.input, train_source, seed=config.seed,
-                                      start_step=step, keys=task.keys,
+  train_iter = pipeline.train_batches(train_source,
+                                      pipeline.InputOptions.from_config(config.input),
+                                      seed=config.seed, start_step=step, keys=task.keys,
+                                      kinds=task.feature_kinds,
                                       example_fn=task.example_transform)
   train_state = compiled.to_train_layout(state)
   del state  # Donated to the first step under jit; pmap holds its own copy.
