@@ -401,7 +401,6 @@ def test_picture_shows_image_truth_and_prediction(tmp_path):
     ("variant", "2s", "32s"),
     ("class_weights", (1.0, 2.0), "one non-negative weight per class"),
     ("label_map", (0, 9), "only 7 classes"),
-    ("input.train_crop", "pad", "random_scale"),
 ])
 def test_bad_segmentation_config_names_the_fix(field, value, expected):
   c = _load_config("shapes_fcn")

@@ -286,11 +286,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
                     "with 0 < low <= high.")
   if config.task == "segmentation":
     _validate_segmentation(config.segmentation)
-    if config.input.train_crop == "pad" and config.input.crop_padding:
-      raise UserError(
-          f'config.input.train_crop="pad" with crop_padding={config.input.crop_padding} pads '
-          'masks with 0, a class; for segmentation use train_crop="random_scale" (it pads masks '
-          "with 255, ignored) or crop_padding=0.")
   if config.task == "detection":
     _validate_detection(config)
   if not 0 < config.input.center_crop_fraction <= 1:
@@ -404,11 +399,6 @@ def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
 def _validate_detection(config: ml_collections.ConfigDict) -> None:
   """Checks the `detection` section and the input settings detection needs (see `validate`)."""
   d, i = config.detection, config.input
-  if i.train_crop != "pad" or i.crop_padding:
-    raise UserError(
-        f"config.input.train_crop={i.train_crop!r} with crop_padding={i.crop_padding} would "
-        "move pixels but not boxes; detection supports only horizontal flips "
-        '(input.random_flip): set input.train_crop="pad" and input.crop_padding=0.')
   if i.image_size is None or i.center_crop_fraction != 1:
     raise UserError("Detection letterboxes every image to config.input.image_size (set it, "
                     f"e.g. 64 or 512; got {i.image_size}) and needs "

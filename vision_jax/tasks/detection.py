@@ -10,9 +10,9 @@ boxes (`is_crowd`) and empty boxes).
 
 Flips: the pipeline's per-record random flip (drawn from the record's global position, so the
 stream stays deterministic and resumable) moves `image` and the pixel `boxes` together
-(`transforms.flip_where`, as `feature_kinds` declares). `config.validate` rejects crops and
-scales: they move the boxes too, but a box cropped away becomes an all-zero row while its label
-stays >= 0, which the targets and metrics here would count as an object.
+(`transforms.flip_where`, as `feature_kinds` declares), and so do crops and scales
+(`input.train_crop`); a box a crop leaves without area becomes an all-zero row, and
+`model_inputs` gives it label -1, so the targets do not count it as an object.
 
 Evaluation: `eval_sums` only counts images and detections; `evaluate_more` runs the detector
 over the whole eval split on every process (replicated, as captioning decodes) and computes
@@ -177,7 +177,10 @@ class DetectionTask(base.Task):
             jnp.full((1, self.max_boxes), -1, jnp.int32))
 
   def model_inputs(self, batch: dict) -> tuple:
-    return batch["image"], batch["boxes"], batch["labels"]  # (B, H, W, C), (B, M, 4), (B, M)
+    """Image, boxes and labels; a box that a crop left without area is no object (label -1)."""
+    boxes = batch["boxes"]  # (B, M, 4)
+    real = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, M)
+    return batch["image"], boxes, jnp.where(real, batch["labels"], -1)
 
   def loss(self, outputs, batch: dict) -> tuple[jax.Array, dict]:
     losses, _ = outputs
