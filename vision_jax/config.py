@@ -33,6 +33,12 @@ _RANGES = (
     ("train.num_steps", lambda v: v >= 1, ">= 1, or None to train for train.num_epochs"),
     ("train.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.1 (0: none)"),
     ("train.ema_decay", lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.999 (0: no EMA)"),
+    ("train.mixup_alpha", lambda v: 0 <= v < math.inf,
+     "a finite number >= 0, e.g. 0.8 (0: off)"),
+    ("train.cutmix_alpha", lambda v: 0 <= v < math.inf,
+     "a finite number >= 0, e.g. 1.0 (0: off)"),
+    ("train.mix_prob", lambda v: 0 <= v <= 1, "in [0, 1], e.g. 1.0"),
+    ("train.mix_switch_prob", lambda v: 0 <= v <= 1, "in [0, 1], e.g. 0.5"),
     ("train.log_every", lambda v: v >= 1, ">= 1 steps"),
     ("train.eval_every", lambda v: v >= 1, ">= 1 steps"),
     ("train.checkpoint_every", lambda v: v >= 1, ">= 1 steps"),
@@ -109,6 +115,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.label_smoothing = 0.0
   c.train.ema_decay = 0.0  # 0 disables the exponential moving average of weights.
   c.train.aux_loss_weight = 0.3  # Auxiliary classifiers (GoogLeNet), as in its paper.
+  # Classification only: mixup / CutMix of each training batch with itself reversed, labels
+  # mixed alike (timm's Mixup; DeiT: 0.8 and 1.0). Alpha of the Beta(alpha, alpha) that draws
+  # the mixing weight; 0 turns a method off. A batch is mixed with probability mix_prob, by
+  # CutMix rather than mixup (both on) with probability mix_switch_prob.
+  c.train.mixup_alpha = 0.0
+  c.train.cutmix_alpha = 0.0
+  c.train.mix_prob = 1.0
+  c.train.mix_switch_prob = 0.5
+  # Eval averages the predictions (softmax) of each image and its horizontal mirror
+  # (classification; segmentation maps the mirror's back first).
+  c.train.eval_flip = False
   c.train.log_every = 50
   c.train.eval_every = 500  # Also evaluates at the end.
   c.train.checkpoint_every = 500  # Also saves at the end and on SIGTERM.
@@ -267,6 +284,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
     if value is not None and not test(value):
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
   _check_model_kwargs(config, task_type.head_fields())
+  _check_task_support(config, task_type)
   if config.train.wandb_project and importlib.util.find_spec("wandb") is None:
     raise UserError(f"config.train.wandb_project={config.train.wandb_project!r} needs the wandb "
                     'package: pip install wandb (or set config.train.wandb_project="").')
@@ -362,6 +380,22 @@ def validate_image_shape(config: ml_collections.ConfigDict,
                               field=f"config.input.image_size={config.input.image_size}",
                               **{k: v for k, v in config.model.kwargs.items()
                                  if k not in head})
+
+
+def _check_task_support(config: ml_collections.ConfigDict, task_type: type) -> None:
+  """mixup / CutMix and flip averaging only where the task implements them (`Task.
+  supports_mixing`, `supports_eval_flip`): elsewhere they would mix or mirror the images
+  but not the targets (masks, boxes, captions)."""
+  t = config.train
+  mixing = [f"config.train.{f}={t[f]}" for f in ("mixup_alpha", "cutmix_alpha") if t[f] > 0]
+  if mixing and not task_type.supports_mixing:
+    raise UserError(
+        f"{' and '.join(mixing)} mixes images and their labels, but task {config.task!r} does "
+        "not mix its targets (masks, boxes, captions; only classification does); set it to 0.")
+  if t.eval_flip and not task_type.supports_eval_flip:
+    raise UserError(
+        f"config.train.eval_flip=True: task {config.task!r} cannot average the predictions of "
+        "mirrored images (classification and segmentation can); set it to False.")
 
 
 def _check_model_kwargs(config: ml_collections.ConfigDict, head: frozenset[str]) -> None:

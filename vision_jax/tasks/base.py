@@ -40,6 +40,10 @@ class Task:
   curve_metric: ClassVar[str] = "loss"
   # Folder of the workdir that the task's eval pictures go to ("": it draws none).
   picture_dir: ClassVar[str] = ""
+  # Whether `augment_batch` implements mixup / CutMix (`train.mixup_alpha`, `cutmix_alpha`) and
+  # `merge_flipped` flip averaging (`train.eval_flip`); `config.validate` refuses them otherwise.
+  supports_mixing: ClassVar[bool] = False
+  supports_eval_flip: ClassVar[bool] = False
 
   def picture_path(self, workdir: str, step: int) -> str:
     """Where the eval pictures of `step` are drawn: `workdir/<picture_dir>/step_<step>.png`
@@ -92,6 +96,23 @@ class Task:
   def model_inputs(self, batch: dict) -> tuple:
     """The positional inputs of `model.apply` from a batch."""
     return (batch["image"],)
+
+  def augment_batch(self, batch: dict, rng: jax.Array, axis_name: str | None = None) -> dict:
+    """Batch-level augmentation inside the compiled train step (e.g. mixup); none here.
+
+    Args:
+      batch: the global batch under `jit`; one device's share under `pmap` (rows in device
+        order: `axis_name` reaches the others, see `vision_jax.ops.mixing.partner`).
+      rng: drawn from the run's key and the step only, the same on every device.
+      axis_name: pmap's device axis, or None under `jit`.
+    """
+    del rng, axis_name
+    return batch
+
+  def merge_flipped(self, outputs: Any, mirrored_outputs: Any) -> Any:
+    """Eval outputs averaged with those of the horizontally mirrored images (`train.eval_flip`),
+    mapped back onto the original pixels where they are spatial; what `eval_sums` takes."""
+    raise NotImplementedError(f"{type(self).__name__} has no flip averaging.")
 
   def loss(self, outputs: Any, batch: dict) -> tuple[jax.Array, dict]:
     """`(total loss to minimise, metrics)`; metrics are scalar means and include `loss`.

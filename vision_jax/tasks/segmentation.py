@@ -25,6 +25,7 @@ from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.evaluate import segmentation as seg_metrics
 from vision_jax.models import fcn, precision
 from vision_jax.tasks import base
+from vision_jax.tasks.classification import merge_flipped_logits
 from vision_jax.train import parallel
 
 IGNORED = -1  # The class of ignored pixels after `label_table`.
@@ -101,6 +102,7 @@ class SegmentationTask(base.Task):
   metric_names: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy", "mean_accuracy", "loss")
   curve_metric: ClassVar[str] = "miou"
   picture_dir: ClassVar[str] = "segmentation"
+  supports_eval_flip: ClassVar[bool] = True
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "SegmentationTask":
@@ -160,6 +162,12 @@ class SegmentationTask(base.Task):
         "confusion": seg_metrics.confusion_matrix(labels, jnp.argmax(logits, -1), labels >= 0,
                                                   self.num_classes),  # (K, K)
         "loss": loss.sum(), "loss_weight": weight.sum(), "count": batch["weight"].sum()}
+
+  def merge_flipped(self, outputs, mirrored_outputs):
+    """Flip averaging: the mirrored image's logits flipped back onto the original pixels, then
+    the mean of both softmaxes per pixel, as log-probabilities."""
+    logits, features = outputs  # (B, H, W, K)
+    return merge_flipped_logits(logits, mirrored_outputs[0][:, :, ::-1]), features
 
   def finalize(self, sums: dict) -> dict:
     sums = jax.device_get(sums)

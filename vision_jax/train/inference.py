@@ -74,14 +74,27 @@ class Loaded:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training run wrote into `workdir/config.json`."""
+  """The config a training run wrote into `workdir/config.json`; fields added to the schema
+  since (e.g. `train.mixup_alpha`) take their defaults, so older workdirs still load."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise errors.MissingFileError(
         f"{path} does not exist: {workdir!r} is not a training workdir (train with "
         "`python -m vision_jax.main --config=... --workdir=...` first).")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(
+        _with_defaults(json.load(f), config_lib.base_config().to_dict()))
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+  """`saved`, plus the entries of `defaults` it lacks (recursively); saved values win."""
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _with_defaults(merged[key], value)
+  return merged
 
 
 def _checkpoint_step(directory: str, step: int | None) -> int:

@@ -244,7 +244,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                       config=config.to_dict())
   compiled = steps.compile_steps(
       mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
-      grad_accum_steps=config.train.grad_accum_steps)
+      grad_accum_steps=config.train.grad_accum_steps, eval_flip=config.train.eval_flip)
 
   train_iter = pipeline.train_batches(train_source,
                                       pipeline.InputOptions.from_config(config.input),
@@ -290,11 +290,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           eval_metrics = evaluate(compiled.evaluate, global_state, config, eval_source, task)
           eval_metrics.update(task.evaluate_more(
               model, global_state.eval_variables(), config, eval_source, mesh, workdir, step))
+          if global_state.ema_params is not None:  # The live weights too, as `raw/<metric>`
+            # (summed metrics only; `best_metric` ranks the EMA's).
+            raw = evaluate(compiled.evaluate_raw, global_state, config, eval_source, task)
+            eval_metrics.update({f"raw/{k}": v for k, v in raw.items()})
           writer.write(step, "eval", eval_metrics)
           if task.picture_dir and os.path.exists(picture := task.picture_path(workdir, step)):
             writer.write_image(step, f"eval/{task.picture_dir}", picture)
           if is_main:
-            bar.write(f"step {step}: eval {task.summary(eval_metrics)}")
+            raw_line = (f"; raw weights {task.curve_metric} "
+                        f"{eval_metrics[f'raw/{task.curve_metric}']:.4f}"
+                        if f"raw/{task.curve_metric}" in eval_metrics else "")
+            bar.write(f"step {step}: eval {task.summary(eval_metrics)}{raw_line}")
             task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
                          eval_source, workdir, step)
         if do_save:  # Refuses a NaN/inf state or eval metric: the last good one stays.

@@ -3,7 +3,9 @@
 `train_step(state, batch) -> (state, metrics)` is one function for both strategies: under
 `jit` it sees the global batch and XLA inserts the collectives; under `pmap` it sees one
 device's share and averages gradients, BatchNorm statistics and metrics with `lax.pmean`.
-Gradient accumulation splits a batch into micro-batches inside the same compiled step.
+Gradient accumulation splits a batch into micro-batches inside the same compiled step, after
+the task's batch-level augmentation (mixup, CutMix: `Task.augment_batch`), which pairs examples
+across the global batch.
 """
 
 import dataclasses
@@ -17,6 +19,9 @@ import optax
 from vision_jax import tasks
 from vision_jax.train import parallel
 from vision_jax.train.state import TrainState
+
+# Folded into a step's key for `Task.augment_batch`, apart from dropout's key.
+AUGMENT_STREAM = 0x6D6978
 
 
 def _gradients(state: TrainState, batch_stats, batch: dict, rng: jax.Array, task: tasks.Task):
@@ -70,6 +75,9 @@ def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: f
   # pmap draws each device's share from its own key, and accumulation each micro-batch's:
   # with dropout (or other per-example randomness) they equal jit only in distribution.
   rng = jax.random.fold_in(state.rng, state.step)
+  # One key on every device (before the device index is folded in): a batch-level draw (mixup's
+  # λ, CutMix's box) is the same on any topology.
+  batch = task.augment_batch(batch, jax.random.fold_in(rng, AUGMENT_STREAM), axis_name)
   if axis_name is not None:  # Different dropout masks on different devices.
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
@@ -105,9 +113,24 @@ def train_step(state: TrainState, batch: dict, *, task: tasks.Task, ema_decay: f
   return state.apply_gradients(grads, batch_stats, ema_decay), metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, task: tasks.Task) -> dict:
-  """The task's metric sums over a padded batch (`weight` 0 marks padding)."""
-  outputs = state.apply_fn(state.eval_variables(), *task.model_inputs(batch), train=False)
+def eval_step(state: TrainState, batch: dict, *, task: tasks.Task, flip: bool = False,
+              raw: bool = False) -> dict:
+  """The task's metric sums over a padded batch (`weight` 0 marks padding).
+
+  Args:
+    state: the global train state.
+    batch: the global eval batch.
+    task: the task's eval sums.
+    flip: also predict the horizontally mirrored images and average (`Task.merge_flipped`).
+    raw: evaluate the live weights even when the state keeps an EMA (by default the EMA's).
+  """
+  variables = ({"params": state.params, "batch_stats": state.batch_stats} if raw
+               else state.eval_variables())
+  outputs = state.apply_fn(variables, *task.model_inputs(batch), train=False)
+  if flip:
+    mirrored = {**batch, "image": batch["image"][:, :, ::-1]}  # (B, H, W, C): W reversed.
+    outputs = task.merge_flipped(
+        outputs, state.apply_fn(variables, *task.model_inputs(mirrored), train=False))
   return task.eval_sums(outputs, batch)
 
 
@@ -118,20 +141,25 @@ class CompiledSteps:
   Attributes:
     train: `(train_state, local_batch) -> (train_state, metrics)`; donates its state. Takes
       this process's numpy share of the global batch.
-    evaluate: `(state, local_batch) -> sums`, on the global state layout.
+    evaluate: `(state, local_batch) -> sums`, on the global state layout: of the EMA weights
+      when the state keeps them.
+    evaluate_raw: the same of the live weights (compiled at its first call).
     to_train_layout: global state → the layout `train` takes (identity under `jit`).
     to_global: the train layout → global state (to save or evaluate).
   """
   train: Callable
   evaluate: Callable
+  evaluate_raw: Callable
   to_train_layout: Callable
   to_global: Callable
 
 
 def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, *,
                   strategy: str = "jit", ema_decay: float = 0.0,
-                  grad_accum_steps: int = 1) -> CompiledSteps:
+                  grad_accum_steps: int = 1, eval_flip: bool = False) -> CompiledSteps:
   """Compiles both steps for `strategy` ("jit" or "pmap") over `mesh`.
+
+  `eval_flip` averages the eval predictions of each image and its mirror (`eval_step`).
 
   `jit`: state with the shardings of `parallel.state_shardings` (replicated, or FSDP-split),
   batches split over all devices. `pmap`: replicated state in pmap's layout, each device
@@ -142,18 +170,21 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, 
   scalar = parallel.replicated(mesh)
   step = functools.partial(train_step, task=task, ema_decay=ema_decay,
                            grad_accum_steps=grad_accum_steps)
-  evaluate = jax.jit(functools.partial(eval_step, task=task), in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=scalar)
+  def compile_eval(raw):
+    evaluate = jax.jit(functools.partial(eval_step, task=task, flip=eval_flip, raw=raw),
+                       in_shardings=(state_sharding, batch_sharding), out_shardings=scalar)
+    return lambda global_state, local_batch: evaluate(
+        global_state, parallel.to_global(local_batch, batch_sharding))
 
-  def eval_local(global_state, local_batch):
-    return evaluate(global_state, parallel.to_global(local_batch, batch_sharding))
+  eval_local, eval_raw = compile_eval(False), compile_eval(True)
 
   if strategy == "jit":
     train = jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, scalar), donate_argnums=(0,))
     return CompiledSteps(
         train=lambda s, local_batch: train(s, parallel.to_global(local_batch, batch_sharding)),
-        evaluate=eval_local, to_train_layout=lambda s: s, to_global=lambda s: s)
+        evaluate=eval_local, evaluate_raw=eval_raw, to_train_layout=lambda s: s,
+        to_global=lambda s: s)
   if strategy == "pmap":
     train = jax.pmap(functools.partial(step, axis_name=parallel.PMAP_AXIS),
                      axis_name=parallel.PMAP_AXIS, donate_argnums=(0,))
@@ -162,7 +193,7 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, 
       new_state, metrics = train(pmap_state, parallel.pmap_batch(local_batch))
       return new_state, parallel.first_local_copy(metrics)
 
-    return CompiledSteps(train=train_local, evaluate=eval_local,
+    return CompiledSteps(train=train_local, evaluate=eval_local, evaluate_raw=eval_raw,
                          to_train_layout=parallel.to_pmap,
                          to_global=lambda s: parallel.from_pmap(s, mesh))
   raise ValueError(f"Unknown strategy {strategy!r}; valid choices: ['jit', 'pmap']")
