@@ -26,6 +26,9 @@ def get_config():
   c.model.name = "resnet50"
   c.model.dtype = "bfloat16"
   c.model.kwargs.feature = "stage4"  # (B, 7, 7, 2048) at 224x224.
+  # The backbone's unused 1-class classifier, so that this config's checkpoints trained before
+  # backbones could be headless still load (Captioner.backbone_classes); new work can drop it.
+  c.model.kwargs.backbone_classes = 1
   c.model.kwargs.embed_dim = 512
   c.model.kwargs.hidden_dim = 512
   c.model.kwargs.attention_dim = 512

@@ -26,6 +26,9 @@ def get_config(variant: str = "attention"):
   c.input.eval_batch_size = 512
   c.model.kwargs.features = (32, 64, 64)  # SimpleCNN's convolutions (a backbone field).
   c.model.kwargs.feature = "conv3"  # (B, 8, 8, 64) at 64x64.
+  # The backbone's unused 1-class classifier, so that this config's checkpoints trained before
+  # backbones could be headless still load (Captioner.backbone_classes); new work can drop it.
+  c.model.kwargs.backbone_classes = 1
   c.captioning.max_length = 16
   c.train.num_steps = 1000  # 128k scenes, 6.4 epochs.
   c.train.eval_every = 500

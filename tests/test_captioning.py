@@ -10,7 +10,9 @@ import dataclasses
 import functools
 import math
 import time
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,7 +24,7 @@ from vision_jax import tasks
 from vision_jax.data.builders import shapes_render
 from vision_jax.evaluate import captioning
 from vision_jax.models import decoding
-from vision_jax.models.captioner import Captioner, attention_penalty, caption_loss
+from vision_jax.models.captioner import CaptionDecoder, Captioner, attention_penalty, caption_loss
 from vision_jax.text.tokenizer import Vocabulary, split_words
 
 import shipped
@@ -216,6 +218,102 @@ def test_model_kwargs_that_are_no_captioner_field_configure_the_backbone():
                              for x in task.init_inputs((32, 32, 3))]),
       *task.init_inputs((32, 32, 3)))
   assert aux["attention"].shape == (1, task.max_length - 1, 4 * 4)  # conv3 at 32 px: 4x4.
+
+
+def _param_shapes(variables) -> dict[str, tuple[int, ...]]:
+  return {"/".join(k.key for k in path): leaf.shape
+          for path, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])}
+
+
+def test_captioner_backbone_is_headless_unless_old_parameters_need_its_classifier():
+  images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  tokens = jax.ShapeDtypeStruct((1, 5), jnp.int32)
+  shapes = _param_shapes(jax.eval_shape(_captioner().init, _key(0), images, tokens))
+  decoder = {  # Next to `encoder`, as before the decoder was a module of its own.
+      "init_h/kernel": (64, 16), "init_h/bias": (16,), "init_c/kernel": (64, 16),
+      "init_c/bias": (16,), "embed/embedding": (11, 8),
+      "att_keys/kernel": (66, 8), "att_keys/bias": (8,), "att_query/kernel": (16, 8),
+      "att_query/bias": (8,), "att_score/kernel": (8, 1), "att_score/bias": (1,),
+      "att_gate/kernel": (16, 1), "att_gate/bias": (1,), "head/kernel": (16 + 66, 11),
+      "head/bias": (11,)}
+  for gate in ("i", "f", "g", "o"):
+    decoder |= {f"cell/i{gate}/kernel": (8 + 66, 16), f"cell/h{gate}/kernel": (16, 16),
+                f"cell/h{gate}/bias": (16,)}
+  encoder = {"encoder/conv1/kernel": (3, 3, 3, 32), "encoder/conv1/bias": (32,),
+             "encoder/conv2/kernel": (3, 3, 32, 64), "encoder/conv2/bias": (64,),
+             "encoder/hidden/kernel": (8 * 8 * 64, 128), "encoder/hidden/bias": (128,)}
+  assert shapes == encoder | decoder  # No `encoder/head`: the classifier is not built.
+  # backbone_classes=1 gives the tree captioners had before, with the unused classifier, which
+  # the shipped captioning configs keep so that their checkpoints load.
+  old = _param_shapes(jax.eval_shape(_captioner(backbone_classes=1).init, _key(0), images, tokens))
+  assert old == shapes | {"encoder/head/kernel": (128, 1), "encoder/head/bias": (1,)}
+  for name in ("shapes_captioning", "fashion_scenes_captioning", "coco_captioning"):
+    assert shipped.load_config(name).model.kwargs.backbone_classes == 1
+
+
+def test_caption_decoder_on_any_vector_or_grid():
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(0, 11, (2, 5)), jnp.int32)
+  fields = dict(vocab_size=11, embed_dim=8, hidden_dim=16, attention_dim=8)
+  grid = jnp.asarray(rng.normal(size=(2, 3, 4, 64)), jnp.float32)  # (B, H, W, C)
+  decoder = CaptionDecoder(**fields)
+  variables = jax.jit(decoder.init)(_key(0), grid, tokens)
+  logits, aux = jax.jit(decoder.apply)(variables, grid, tokens)
+  assert logits.shape == (2, 5, 11) and aux["attention"].shape == (2, 5, 12)
+  # The captioner's parameters are its encoder's plus exactly a decoder's on that feature.
+  captioner = jax.eval_shape(_captioner().init, _key(0),
+                             jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32), tokens)
+  assert _param_shapes(variables) == {k: v for k, v in _param_shapes(captioner).items()
+                                      if not k.startswith("encoder/")}
+  # Decoding drives the decoder alone too (its `encode` starts from the features).
+  out, _, maps = decoding.greedy_decode(variables, decoder, grid, bos_id=1, eos_id=2,
+                                        max_length=4)
+  assert out.shape == (2, 4) and maps.shape == (2, 4, 12)
+  vector = jnp.asarray(rng.normal(size=(2, 10)), jnp.float32)  # (B, D): Show and Tell.
+  show_and_tell = CaptionDecoder(**fields, attention=False)
+  logits, aux = jax.eval_shape(show_and_tell.init_with_output, _key(0), vector, tokens)[0]
+  assert logits.shape == (2, 5, 11) and aux == {}
+  with pytest.raises(ValueError, match="grid"):
+    jax.eval_shape(decoder.init, _key(0), vector, tokens)
+
+
+class _UserBackbone(nn.Module):
+  """A backbone of one's own (not registered), following the contract."""
+  num_classes: int | None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Conv(8, (3, 3), (4, 4), dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="conv")(x))  # (B, H / 4, W / 4, 8)
+    features = {"stage1": x, "pre_logits": x.mean(axis=(1, 2))}
+    if self.num_classes is None:
+      return None, features
+    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
+
+
+@pytest.mark.parametrize("feature, attention", [("stage1", True), ("pre_logits", False)])
+def test_captioner_trains_on_a_user_backbone(feature, attention):
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+  tokens = jnp.asarray(rng.integers(1, 11, (2, 5)), jnp.int32)
+  model = _captioner(backbone=_UserBackbone, feature=feature, attention=attention)
+  params = jax.jit(model.init)(_key(0), images, tokens[:, :-1])["params"]
+  assert set(params["encoder"]) == {"conv"}
+
+  @jax.jit
+  def loss_and_grads(params):
+    def loss_fn(params):
+      logits, _ = model.apply({"params": params}, images, tokens[:, :-1])
+      return caption_loss(logits, tokens[:, 1:])[0]
+    return jax.value_and_grad(loss_fn)(params)
+
+  loss, grads = loss_and_grads(params)
+  assert np.isfinite(loss)
+  dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+          if not np.any(np.asarray(g) != 0)]
+  assert not dead, dead
 
 
 def test_captioner_rejects_pooled_feature_for_attention():

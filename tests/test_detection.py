@@ -3,9 +3,11 @@ R-CNN shapes and static compilation, boxes through the data pipeline, end to end
 
 import contextlib
 import io
+from typing import Any
 
 import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -383,13 +385,50 @@ def test_faster_rcnn_shapes_in_training_and_evaluation(backbone):
   params = variables["params"]
   assert params["class_logits"]["kernel"].shape == (16, 4)  # 3 classes + background.
   assert params["box_deltas"]["kernel"].shape == (16, 12)  # Class-specific boxes.
-  assert not {"head", "fc6", "fc7"} & set(params["backbone"])  # Classifier skipped.
+  assert not {"head", "fc6", "fc7"} & set(params["backbone"])  # Built without a classifier.
   (losses, _), _ = jax.eval_shape(
       lambda v, x, b, l: model.apply(v, x, b, l, train=True, mutable=["batch_stats"],
                                      rngs={"dropout": jax.random.key(1)}),
       variables, images, boxes, labels)
   assert set(losses) >= set(detection.LOSSES)
   assert all(v.shape == () for v in losses.values())
+
+
+class _UserBackbone(nn.Module):
+  """A backbone of one's own (not registered): stages at strides 2, 4 and 8."""
+  num_classes: int | None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    features = {}
+    for k in (1, 2, 3):
+      x = nn.relu(nn.Conv(8, (3, 3), (2, 2), dtype=self.dtype, param_dtype=self.param_dtype,
+                          name=f"conv{k}")(x))
+      features[f"stage{k}"] = x  # (B, H / 2**k, W / 2**k, 8)
+    features["pre_logits"] = x.mean(axis=(1, 2))
+    if self.num_classes is None:
+      return None, features
+    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
+
+
+@pytest.mark.parametrize("backbone", [_UserBackbone, _UserBackbone(num_classes=None)],
+                         ids=["class", "module"])
+def test_faster_rcnn_on_a_user_backbone(backbone):
+  model = faster_rcnn.FasterRCNN(num_classes=3, **{**SMALL, "backbone": backbone,
+                                                   "backbone_kwargs": flax.core.FrozenDict()})
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  boxes, labels = _gt(2)
+  (out, features), variables = jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x), images)
+  assert set(variables["params"]["backbone"]) == {"conv1", "conv2", "conv3"}
+  assert features["feature_map"].shape == (2, 8, 8, 16) and out["boxes"].shape == (2, 10, 4)
+  (losses, _), _ = jax.eval_shape(
+      lambda v, x, b, l: model.apply(v, x, b, l, train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": jax.random.key(1)}),
+      variables, images, boxes, labels)
+  assert set(losses) >= set(detection.LOSSES)
 
 
 def _random_variables(model, images, rng):

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +143,49 @@ def test_any_registry_backbone(backbone, kwargs, size):
   (logits, deltas), _ = jax.eval_shape(
       lambda x: model.init_with_output(jax.random.key(0), x), jnp.zeros((4, size, size, 3)))
   assert logits.shape == (4, 4) and deltas.shape == (4, 3, 4)
+
+
+def test_region_features_are_the_backbones_pre_logits_fc7_for_vgg():
+  """VGG keeps fc6/fc7 (`fc_in_trunk`): the region feature is fc7's, the paper's, and the
+  parameters are those R-CNNs had when the classifier was intercepted."""
+  model = rcnn.RCNN(num_classes=3, backbone="vgg11_bn",
+                    backbone_kwargs=flax.core.FrozenDict(widths=(8, 8, 16, 16, 16), hidden=32))
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((4, 32, 32, 3)))
+  params = variables["params"]
+  assert {"fc6", "fc7"} <= set(params["backbone"]) and "head" not in params["backbone"]
+  assert params["backbone"]["fc6"]["kernel"].shape == (7 * 7 * 16, 32)
+  assert params["cls_score"]["kernel"].shape == (32, 4)
+  # Asked for, torchvision's split: the region feature is the flattened pooled map.
+  pooled = rcnn.RCNN(num_classes=3, backbone="vgg11_bn", backbone_kwargs=flax.core.FrozenDict(
+      widths=(8, 8, 16, 16, 16), hidden=32, fc_in_trunk=False))
+  params = jax.eval_shape(pooled.init, jax.random.key(0), jnp.zeros((4, 32, 32, 3)))["params"]
+  assert not {"fc6", "fc7"} & set(params["backbone"])
+  assert params["cls_score"]["kernel"].shape == (7 * 7 * 16, 4)
+
+
+class _UserBackbone(nn.Module):
+  """A backbone of one's own (not registered)."""
+  num_classes: int | None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.relu(nn.Conv(4, (3, 3), (2, 2), name="conv")(x))
+    features = {"stage1": x, "pre_logits": x.reshape(x.shape[0], -1)}  # (B, D)
+    if self.num_classes is None:
+      return None, features
+    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
+
+
+def test_rcnn_on_a_user_backbone():
+  model = rcnn.RCNN(num_classes=2, backbone=_UserBackbone)
+  crops = jnp.ones((2, 3, 8, 8, 3))
+  (logits, deltas), variables = jax.eval_shape(
+      lambda x: model.init_with_output(jax.random.key(0), x), crops)
+  assert set(variables["params"]["backbone"]) == {"conv"}
+  assert variables["params"]["cls_score"]["kernel"].shape == (4 * 4 * 4, 3)
+  assert logits.shape == (2, 3, 3) and deltas.shape == (2, 3, 2, 4)
 
 
 def test_unknown_backbone_names_the_choices():

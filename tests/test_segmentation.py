@@ -3,8 +3,10 @@
 import gzip
 import os
 import struct
+from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +50,7 @@ def test_fcn_logits_are_at_input_resolution(backbone, variant, size):
               "8s": {"score32", "score16", "score8", "up32", "up16"},
               "4s": {"score32", "score16", "score8", "score4", "up32", "up16", "up8"}}[variant]
   assert set(params) == {"backbone"} | expected
-  # The backbone's classifier (dense layers) is skipped: no parameters for it.
+  # The backbone is built without its classifier (dense layers): no parameters for it.
   assert not {"head", "fc6", "fc7", "hidden"} & set(params["backbone"])
 
 
@@ -63,6 +65,97 @@ def test_fcn_picks_stages_by_stride_and_names_them_when_missing():
   with pytest.raises(ValueError, match="no stage at stride 32"):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
                    jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+
+
+def _shapes(variables) -> dict[str, tuple[int, ...]]:
+  return {"/".join(k.key for k in path): leaf.shape
+          for path, leaf in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+def test_fcn_parameters_over_vgg_are_those_of_checkpoints_saved_before_headless_backbones():
+  """The FCN once skipped VGG's classifier with an interceptor; the headless backbone gives the
+  very same tree, so those checkpoints load: no fc6/fc7/head under backbone/, head layers on top."""
+  model = _fcn(*SMALL_VGG, "8s", head_width=16)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                             jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  convs = {"stage1_conv1": (3, 8), "stage2_conv1": (8, 8), "stage3_conv1": (8, 16),
+           "stage3_conv2": (16, 16), "stage4_conv1": (16, 16), "stage4_conv2": (16, 16),
+           "stage5_conv1": (16, 16), "stage5_conv2": (16, 16)}
+  want = {}
+  for name, (cin, cout) in convs.items():
+    want |= {f"params/backbone/{name}/kernel": (3, 3, cin, cout),
+             f"params/backbone/{name}/bias": (cout,),
+             f"params/backbone/{name}_bn/scale": (cout,), f"params/backbone/{name}_bn/bias": (cout,),
+             f"batch_stats/backbone/{name}_bn/mean": (cout,),
+             f"batch_stats/backbone/{name}_bn/var": (cout,)}
+  want |= {"params/fc6/kernel": (7, 7, 16, 16), "params/fc6/bias": (16,),
+           "params/fc7/kernel": (1, 1, 16, 16), "params/fc7/bias": (16,),
+           "params/up32/deconv/kernel": (4, 4, 5, 5), "params/up16/deconv/kernel": (4, 4, 5, 5)}
+  for stride in (32, 16, 8):
+    want |= {f"params/score{stride}/kernel": (1, 1, 16, 5), f"params/score{stride}/bias": (5,)}
+  assert _shapes(variables) == want
+
+
+def test_fcn_head_on_hand_made_maps():
+  """FCNHead alone: maps by stride, as a sequence (coarsest first) or as a features dict."""
+  rng = np.random.default_rng(0)
+  maps = {32: rng.normal(size=(2, 2, 3, 6)), 16: rng.normal(size=(2, 4, 6, 5)),
+          8: rng.normal(size=(2, 8, 12, 4))}
+  maps = {s: jnp.asarray(x, jnp.float32) for s, x in maps.items()}
+  head = fcn.FCNHead(num_classes=3, variant="8s")
+  variables = head.init(jax.random.key(0), maps, (64, 96))
+  assert set(variables["params"]) == {"score32", "score16", "score8", "up32", "up16"}
+  variables = jax.tree.map(lambda x: x + 0.1, variables)  # Score layers start at zero.
+  logits, score = head.apply(variables, maps, (64, 96))
+  assert logits.shape == (2, 64, 96, 3) and score.shape == (2, 8, 12, 3)
+  as_list, _ = head.apply(variables, [maps[32], maps[16], maps[8]], (64, 96))
+  as_features, _ = head.apply(variables, {"stage3": maps[8], "stage4": maps[16],
+                                          "stage5": maps[32], "pre_logits": maps[32][:, 0, 0]},
+                              (64, 96))
+  np.testing.assert_array_equal(as_list, logits)
+  np.testing.assert_array_equal(as_features, logits)
+  with pytest.raises(ValueError, match="strides"):
+    head.apply(variables, {32: maps[32], 16: maps[16]}, (64, 96))
+
+
+class _UserBackbone(nn.Module):
+  """A backbone of one's own (not registered): stride-2 convolutions, stages at 2 .. 32."""
+  num_classes: int | None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    features = {}
+    for k in range(1, 6):
+      x = nn.relu(nn.Conv(4 * k, (3, 3), (2, 2), dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=f"conv{k}")(x))
+      features[f"stage{k}"] = x  # (B, H / 2**k, W / 2**k, 4k)
+    features["pre_logits"] = x.mean(axis=(1, 2))
+    if self.num_classes is None:
+      return None, features
+    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
+
+
+@pytest.mark.parametrize("backbone", [_UserBackbone, _UserBackbone(num_classes=None)],
+                         ids=["class", "module"])
+def test_fcn_on_a_user_backbone(backbone):
+  model = fcn.FCN(num_classes=3, backbone=backbone, variant="8s")
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(1, 32, 32, 3)), jnp.float32)
+  variables = jax.jit(model.init)(jax.random.key(0, impl="rbg"), images)  # rbg: fast on CPU.
+  assert set(variables["params"]) == {"backbone", "score32", "score16", "score8", "up32", "up16"}
+  assert set(variables["params"]["backbone"]) == {f"conv{k}" for k in range(1, 6)}
+  variables = jax.tree.map(lambda x: x + 0.01, variables)
+
+  def loss(params):
+    logits, _ = model.apply({"params": params}, images, train=True)
+    return jnp.mean(logits ** 2)
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])
+  assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
+  with pytest.raises(ValueError, match="num_classes=None"):
+    fcn.FCN(num_classes=3, backbone=_UserBackbone(num_classes=4)).init(jax.random.key(0), images)
 
 
 def test_bilinear_kernel_known_values():

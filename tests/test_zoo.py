@@ -7,7 +7,10 @@ fewer filters); full GoogLeNet, whose compile takes about a minute on two CPU co
 """
 
 import functools
+from typing import Any
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +18,8 @@ import optax
 import pytest
 
 from vision_jax import models
-from vision_jax.models import alexnet, googlenet, pooling, vgg, wide_resnet
+from vision_jax.models import alexnet, googlenet, pooling, resnet, vgg, wide_resnet
+from vision_jax.models import backbone as backbone_lib
 
 NEW_MODELS = ("alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
               "vgg16_bn", "vgg19_bn", "googlenet", "wrn28_10", "wrn40_4")
@@ -128,7 +132,7 @@ def test_vgg16_feature_shapes():
       "stage1": (BATCH, 112, 112, 64), "stage2": (BATCH, 56, 56, 128),
       "stage3": (BATCH, 28, 28, 256), "stage4": (BATCH, 14, 14, 512),
       "stage5": (BATCH, 7, 7, 512), "pooled": (BATCH, 7, 7, 512),
-      "fc6": (BATCH, 4096), "fc7": (BATCH, 4096)}
+      "fc6": (BATCH, 4096), "fc7": (BATCH, 4096), "pre_logits": (BATCH, 7 * 7 * 512)}
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -226,3 +230,136 @@ def test_train_step_is_finite_and_reaches_every_parameter(name):
     assert all(jax.tree.leaves(changed))
   else:
     assert not updates
+
+
+# --- The backbone contract (vision_jax.models.backbone) -----------------------------------------
+
+# What `num_classes=None` leaves out of each family: top-level parameter names.
+_CLASSIFIERS = {"mlp": {"head"}, "simple_cnn": {"head"}, "googlenet": {"head", "aux1", "aux2"}}
+for _name in models.MODELS:
+  if _name.startswith(("alexnet", "zfnet", "vgg")):
+    _CLASSIFIERS[_name] = {"head", "fc6", "fc7"}
+  elif _name.startswith(("resnet", "wrn")):
+    _CLASSIFIERS[_name] = {"head"}
+
+
+def _param_paths(variables) -> set[str]:
+  return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables)}
+
+
+@pytest.mark.parametrize("name", sorted(_CLASSIFIERS))
+def test_every_zoo_model_builds_headless(name):
+  """num_classes=None: no classifier parameters, logits None, the headed model's pre_logits."""
+  assert set(_CLASSIFIERS) == set(models.MODELS)  # Every registered model has an entry.
+  images = _images(32)
+  headed = models.get_model(name, num_classes=7)
+  headless = models.get_model(name, num_classes=None)
+  headed_vars, headless_vars = _abstract_init(headed, images), _abstract_init(headless, images)
+  assert not _CLASSIFIERS[name] & set(headless_vars["params"])
+  assert _CLASSIFIERS[name] <= set(headed_vars["params"])
+  # The trunk is the same: the headless parameters are the headed ones minus the classifier.
+  trunk = {c: {k: v for k, v in tree.items() if k not in _CLASSIFIERS[name]}
+           for c, tree in headed_vars.items()}
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), trunk) == jax.tree.map(
+      lambda x: (x.shape, x.dtype), headless_vars)
+  # Training needs no 'dropout' rng: the classifier's dropout is gone with it.
+  (logits, features), _ = jax.eval_shape(functools.partial(
+      headless.apply, train=True, mutable=["batch_stats"]), headless_vars, images)
+  assert logits is None and not {"aux1", "aux2"} & set(features)
+  _, headed_features = _abstract_apply(headed, headed_vars, images, train=False)
+  pre_logits = features["pre_logits"]
+  assert pre_logits.ndim == 2 and pre_logits.shape == headed_features["pre_logits"].shape
+  first = "fc6" if "fc6" in _CLASSIFIERS[name] else "head"  # The classifier reads pre_logits.
+  assert headed_vars["params"][first]["kernel"].shape[0] == pre_logits.shape[1]
+
+
+_SMALL = {  # Small members, compiled for real.
+    "mlp": functools.partial(models.MLP, hidden_sizes=(16, 8)),
+    "simple_cnn": functools.partial(models.SimpleCNN, features=(4, 8), hidden=16,
+                                    dropout_rate=0.5),
+    "resnet18": functools.partial(resnet.ResNet18, stage_sizes=(1, 1, 1, 1), num_filters=4),
+    "alexnet": _TINY["alexnet"],
+    "alexnet_fc_in_trunk": functools.partial(_TINY["alexnet"], fc_in_trunk=True),
+    "vgg_bn": _TINY["vgg_bn"],
+    "vgg_bn_fc_in_trunk": functools.partial(_TINY["vgg_bn"], fc_in_trunk=True),
+    "wrn": _TINY["wrn"],
+}
+
+
+@pytest.mark.parametrize("name", _SMALL)
+def test_headless_pre_logits_equal_the_headed_ones_on_the_same_trunk(name):
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 32, 32, 3)).astype(np.float32)
+  headed, headless = _SMALL[name](num_classes=5), _SMALL[name](num_classes=None)
+  variables = headed.init(jax.random.key(0, impl="rbg"), images)
+  _, want = headed.apply(variables, images)
+  classifier = {"head"} | ({"fc6", "fc7"} if name in ("alexnet", "vgg_bn") else set())
+  trunk = {c: {k: v for k, v in tree.items() if k not in classifier}
+           for c, tree in variables.items()}
+  logits, got = headless.apply(trunk, images)  # Fails if the headless model needs more.
+  assert logits is None
+  width = {"mlp": 8, "simple_cnn": 16, "resnet18": 32, "wrn": 128}.get(name)
+  if name.endswith("fc_in_trunk"):
+    width = 16  # fc7's output.
+    np.testing.assert_array_equal(got["pre_logits"], got["fc7"])
+  if width:
+    assert got["pre_logits"].shape == (2, width)
+  np.testing.assert_allclose(got["pre_logits"], want["pre_logits"], rtol=1e-6, atol=1e-6)
+
+
+class _TinyNet(nn.Module):
+  """A user's backbone: not registered, follows the contract."""
+  num_classes: int | None
+  width: int = 4
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(self.width, (3, 3), (2, 2), dtype=self.dtype, param_dtype=self.param_dtype,
+                name="conv")(x)
+    features = {"stage1": x, "pre_logits": x.mean(axis=(1, 2))}  # (B, H/2, W/2, w), (B, w)
+    if self.num_classes is None:
+      return None, features
+    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
+
+
+class _Head(nn.Module):
+  backbone: backbone_lib.Backbone
+  dtype: Any = jnp.float32
+  kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    net = backbone_lib.build(self.backbone, dtype=self.dtype, param_dtype=jnp.float32,
+                             **self.kwargs)
+    _, features = net(x, train=train)
+    return nn.Dense(2, name="out")(features["pre_logits"])
+
+
+def test_build_takes_a_registry_name_a_constructor_or_a_module():
+  images = _images(8)
+  trees = []
+  for backbone in ("simple_cnn", _TinyNet, functools.partial(_TinyNet, width=4),
+                   _TinyNet(num_classes=None)):
+    variables = _abstract_init(_Head(backbone), images)
+    trees.append(variables["params"])
+    assert set(variables["params"]) == {"backbone", "out"}
+    assert "head" not in variables["params"]["backbone"]
+  assert trees[1] == trees[2] == trees[3]
+  # Fields reach registry models and constructors; unknown ones are refused by name.
+  small = _abstract_init(_Head("simple_cnn", kwargs=flax.core.FrozenDict(hidden=8)), images)
+  assert small["params"]["out"]["kernel"].shape == (8, 2)
+  with pytest.raises(ValueError, match="no field nope"):
+    _abstract_init(_Head("simple_cnn", kwargs=flax.core.FrozenDict(nope=1)), images)
+
+
+@pytest.mark.parametrize("module, match", [
+    (_TinyNet(num_classes=3), "num_classes=3.*num_classes=None"),
+    (_TinyNet(num_classes=None, dtype=jnp.bfloat16), "dtype=.*bfloat16.*float32"),
+    (_TinyNet(num_classes=None), "has no field hidden"),
+])
+def test_build_refuses_a_module_with_a_classifier_or_other_fields(module, match):
+  with pytest.raises(ValueError, match=match):
+    _abstract_init(_Head(module, kwargs=flax.core.FrozenDict(
+        {"hidden": 8} if "hidden" in match else {})), _images(8))

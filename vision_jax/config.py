@@ -21,6 +21,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("float32", "bfloat16", "float64")  # See vision_jax/models/precision.py.
 TRAIN_CROPS = ("pad", "random_resized", "random_scale")
+# vision_jax.data.auto_augment.POLICIES and its NUM_BINS - 1 (not imported; a test keeps them).
+AUTO_AUGMENTS = ("", "randaugment", "trivialaugment")
+MAX_MAGNITUDE = 30
 FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.models.fcn.VARIANTS (not imported).
 # Numeric fields: (field, test, the valid range). Unset optional fields (None) are not tested.
 _RANGES = (
@@ -47,6 +50,12 @@ _RANGES = (
     ("input.crop_padding", lambda v: v >= 0, ">= 0 pixels (0: no padding)"),
     ("input.num_workers", lambda v: v >= 0, ">= 0 (0: read in the main process)"),
     ("input.prefetch", lambda v: v >= 0, ">= 0 batches"),
+    ("input.randaugment_num_ops", lambda v: v >= 0, ">= 0 ops per image, e.g. 2"),
+    ("input.randaugment_magnitude", lambda v: 0 <= v <= MAX_MAGNITUDE,
+     f"a bin in [0, {MAX_MAGNITUDE}], e.g. 9 (torchvision's default; the paper's M=9 of 10 "
+     "is 27)"),
+    ("input.random_erasing", lambda v: 0 <= v <= 1, "a probability in [0, 1], e.g. 0.25 "
+     "(0: off)"),
 )
 
 
@@ -85,6 +94,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.center_crop_fraction = 1.0  # Eval (and "pad" training) resize the shorter side to
   # image_size / fraction, then centre-crop image_size (0.875: ImageNet's 256 → 224).
   c.input.random_flip = True  # Horizontal flips in training.
+  # Training only, per example, after the crop: "" (off), "randaugment" (randaugment_num_ops
+  # ops drawn from 14, each at magnitude bin randaugment_magnitude of 0..30) or
+  # "trivialaugment" (one op at a random bin); torchvision's ops and ranges, see
+  # vision_jax/data/auto_augment.py. Masks and points move with the image; boxes refuse it.
+  c.input.auto_augment = ""
+  c.input.randaugment_num_ops = 2
+  c.input.randaugment_magnitude = 9
+  # Training only: probability of erasing a random rectangle (2-33% of the area, aspect
+  # 0.3-3.3) with normal noise after normalisation (timm's 'pixel' mode); 0 is off. Image and
+  # 'other' features only (a task with masks, boxes or points refuses it).
+  c.input.random_erasing = 0.0
   c.input.mean = (0.5,)  # Per channel (or one value for all), on [0, 1] pixels.
   c.input.std = (0.25,)
   c.input.num_workers = 0  # grain worker processes; 0 reads in the main process.
@@ -264,6 +284,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   """
   # Imported here: the schema itself must stay import-light.
   from vision_jax import models, tasks
+  from vision_jax.data import pipeline
   from vision_jax.models import precision
 
   import_modules(config.imports)
@@ -278,6 +299,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
                 task_type.metric_names)
   _check_choice("parallel.strategy", config.parallel.strategy, STRATEGIES)
   _check_choice("input.train_crop", config.input.train_crop, TRAIN_CROPS)
+  _check_choice("input.auto_augment", config.input.auto_augment, AUTO_AUGMENTS)
   for field, test, valid in _RANGES:
     section, name = field.split(".")
     value = config[section][name]
@@ -285,6 +307,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
   _check_model_kwargs(config, task_type.head_fields())
   _check_task_support(config, task_type)
+  pipeline.check_augmentation(pipeline.InputOptions.from_config(config.input),
+                              task_type.feature_kinds)
   if config.train.wandb_project and importlib.util.find_spec("wandb") is None:
     raise UserError(f"config.train.wandb_project={config.train.wandb_project!r} needs the wandb "
                     'package: pip install wandb (or set config.train.wandb_project="").')

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from vision_jax import errors
-from vision_jax.data import transforms
+from vision_jax.data import auto_augment, random_erasing, transforms
 
 _KEYS = ("image", "label")  # Classification; other tasks pass their own.
 _PEEK = 8  # Examples checked when a pipeline is built (kinds, equal shapes).
@@ -42,7 +42,10 @@ class InputOptions:
   "random_resized" (Inception crop of area `crop_scale` and aspect `crop_ratio`, resized to
   `image_size`) or "random_scale" (zoom by a factor in `scale_range`, then an `image_size` crop).
   Evaluation (and "pad" training) resizes the shorter side to `image_size / center_crop_fraction`
-  and takes the centre crop; `image_size` None keeps the dataset's size.
+  and takes the centre crop; `image_size` None keeps the dataset's size. `auto_augment`: ""
+  (off), "randaugment" (`randaugment_num_ops` ops at bin `randaugment_magnitude` of 0..30) or
+  "trivialaugment" (see `auto_augment`); `random_erasing`: its probability (see
+  `random_erasing`).
   """
   batch_size: int = 128  # Global: split over all processes.
   eval_batch_size: int = 256
@@ -54,6 +57,10 @@ class InputOptions:
   scale_range: tuple[float, float] = (0.5, 2.0)
   center_crop_fraction: float = 1.0
   random_flip: bool = True
+  auto_augment: str = ""
+  randaugment_num_ops: int = 2
+  randaugment_magnitude: int = 9
+  random_erasing: float = 0.0
   mean: tuple[float, ...] = (0.5,)
   std: tuple[float, ...] = (0.25,)
   num_workers: int = 0  # grain worker processes; 0 reads in the main process.
@@ -124,6 +131,15 @@ def _select(ds: grain.MapDataset, keys: tuple[str, ...],
 def _kinds(kinds: transforms.FeatureKinds) -> dict[str, str]:
   transforms.check_kinds(kinds)
   return dict(kinds)  # A plain dict: grain's worker processes pickle it.
+
+
+def check_augmentation(options: InputOptions, kinds: transforms.FeatureKinds) -> None:
+  """Refuses augmentation settings that are invalid or that a feature cannot follow (boxes
+  under `auto_augment`; masks, boxes and points under `random_erasing`), naming the feature,
+  its kind and the option. `config.validate` calls it with the task's `feature_kinds`."""
+  auto_augment.check(options.auto_augment, options.randaugment_num_ops,
+                     options.randaugment_magnitude, kinds)
+  random_erasing.check(options.random_erasing, kinds)
 
 
 def _shapes(value, path: str) -> Iterator[tuple[str, tuple[int, ...]]]:
@@ -198,9 +214,11 @@ def train_stream(source, options: InputOptions, seed: int, keys: tuple[str, ...]
 
   Raises:
     errors.UserError: for a feature without a kind or with different shapes in the first
-      examples (checked here, before grain reads anything else).
+      examples (checked here, before grain reads anything else), or one that the augmentation
+      cannot move (`check_augmentation`).
   """
   kinds = _kinds(kinds)
+  check_augmentation(options, kinds)
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
   ds = _select(ds, keys, example_fn)
   if options.train_crop == "random_resized":
@@ -215,9 +233,23 @@ def train_stream(source, options: InputOptions, seed: int, keys: tuple[str, ...]
          "kinds": kinds}), seed=seed)
   else:
     ds = _center_crop(options, ds, kinds)
-  _check_examples(_peek(ds, len(source)), kinds)  # The crops name a feature without a kind.
+  peeked = _peek(ds, len(source))
+  _check_examples(peeked, kinds)  # The crops name a feature without a kind.
+  # Each random step has its own seed (grain derives each record's generator from (seed,
+  # position) alone), so turning one on leaves the others' draws as they were.
+  if options.auto_augment:  # After the crop; "pad" crops (at most the padding) per batch later.
+    for example in peeked:
+      auto_augment.check_images(example, kinds)
+    ds = ds.random_map(transforms.RandomMapFn(
+        auto_augment.augment, {"policy": options.auto_augment,
+                               "num_ops": options.randaugment_num_ops,
+                               "magnitude": options.randaugment_magnitude, "kinds": kinds}),
+        seed=seed + 2)
+  if options.random_erasing:  # Drawn here, applied per batch after normalisation.
+    ds = ds.random_map(transforms.RandomMapFn(
+        random_erasing.sample, {"probability": options.random_erasing, "kinds": kinds}),
+        seed=seed + 3)
   padding = options.crop_padding if options.train_crop == "pad" else 0
-  # A second seed: grain derives each record's generator from (seed, position) alone.
   return ds.random_map(transforms.RandomMapFn(
       transforms.sample_crop_and_flip, {"padding": padding, "flip": options.random_flip}),
       seed=seed + 1)
@@ -251,9 +283,13 @@ def train_batches(source, options: InputOptions, seed: int, start_step: int = 0,
   blocks = train_stream(source, options, seed, keys, kinds, example_fn).batch(
       local_batch_size(options.batch_size), drop_remainder=True, batch_fn=_stack)
   ds = _this_process(blocks, start_step)
-  ds = ds.map(transforms.MapFn(transforms.apply_crop_and_flip,
-                               {"padding": padding, "kinds": kinds}))
-  return _iterate(options, ds.map(_normalize(options)))
+  erasing = bool(options.random_erasing)
+  ds = ds.map(transforms.MapFn(transforms.apply_crop_and_flip, {
+      "padding": padding, "kinds": {**kinds, **random_erasing.KINDS} if erasing else kinds}))
+  ds = ds.map(_normalize(options))
+  if erasing:
+    ds = ds.map(transforms.MapFn(random_erasing.apply))
+  return _iterate(options, ds)
 
 
 # --- Evaluation ----------------------------------------------------------------------------------

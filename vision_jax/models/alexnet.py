@@ -49,29 +49,39 @@ def conv_padding(size: int, kernel: int, padding: int) -> tuple[int, int]:
 class AlexNet(nn.Module):
   """AlexNet-style classifier: convolutions from `convs`, adaptive pool, three dense layers.
 
+  The classifier is torchvision's: fc6, fc7 and the final Dense (`head`) with the dropout before
+  fc6 and fc7; `pre_logits` is what it reads, the pooled map flattened. With `fc_in_trunk`, fc6
+  and fc7 (and their dropout) are part of the trunk instead (timm's split), the classifier is
+  `head`, and `pre_logits` is fc7's output (R-CNN's region feature).
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier.
     convs: One `(filters, kernel, stride, padding, pool)` per convolution; `pool` adds a 3x3/2
       max-pool after its ReLU.
     ceil_mode: Round pooled sizes up (ZFNet's sizes) rather than down (torchvision's AlexNet).
     hidden: Width of the two hidden dense layers.
     pooled_size: Side of the adaptive average pool before the classifier.
     dropout_rate: Dropout before each hidden dense layer, in training.
+    fc_in_trunk: Keep fc6 and fc7 without a classifier (`num_classes=None`), and read
+      `pre_logits` from fc7 (B, hidden), e.g. for R-CNN's region features. Models with a
+      classifier have the same parameters either way.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   convs: Sequence[ConvSpec] = ALEXNET_CONVS
   ceil_mode: bool = False
   hidden: int = 4096
   pooled_size: int = 6
   dropout_rate: float = 0.5
+  fc_in_trunk: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -79,9 +89,11 @@ class AlexNet(nn.Module):
       train: Enables dropout, which then needs a `'dropout'` rng.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and activations by name: `conv1` ..
-      `conv5` after each ReLU (and its max-pool, where there is one), `pooled` (B, 6, 6, C), and
-      `fc6`, `fc7` (B, hidden) after their ReLU.
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      activations by name: `conv1` .. `conv5` after each ReLU (and its max-pool, where there is
+      one), `pooled` (B, 6, 6, C), `fc6`, `fc7` (B, hidden) after their ReLU (where they are
+      built) and `pre_logits`: (B, 36 C) flattened `pooled`, or (B, hidden) `fc7` with
+      `fc_in_trunk`.
     """
     # He initialisation (fan-out, as torchvision's VGG) for convolutions; the classifier starts
     # at normal(0.01), as torchvision's VGG does.
@@ -105,10 +117,20 @@ class AlexNet(nn.Module):
     out["pooled"] = x
     # NHWC flattening: porting torchvision's fc6 weight needs its inputs permuted from (C, H, W).
     x = x.reshape(x.shape[0], -1)  # (B, 36 C)
-    for name in ("fc6", "fc7"):
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(dense(self.hidden, name=name)(x))  # (B, hidden)
-      out[name] = x
+
+    def fc(x):  # Dropout -> fc6 -> ReLU -> dropout -> fc7 -> ReLU.
+      for name in ("fc6", "fc7"):
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        out[name] = x = nn.relu(dense(self.hidden, name=name)(x))  # (B, hidden)
+      return x
+
+    if self.fc_in_trunk:
+      x = fc(x)
+    out["pre_logits"] = x  # (B, 36 C), or (B, hidden) with fc_in_trunk
+    if self.num_classes is None:
+      return None, out
+    if not self.fc_in_trunk:
+      x = fc(x)
     x = dense(self.num_classes, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
     return x.astype(precision.output_dtype(self.dtype)), out

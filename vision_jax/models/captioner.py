@@ -1,6 +1,6 @@
-"""Image captioning: a registry backbone encodes, an LSTM decodes word by word.
+"""Image captioning: a backbone encodes, an LSTM decodes word by word.
 
-Two classic designs, chosen by `Captioner.attention`:
+Two classic designs, chosen by `attention`:
 
 - Show and Tell (Vinyals et al. 2015): the image as one pooled vector. Here it sets the LSTM's
   initial state (through a learned projection) rather than being fed as an extra first input:
@@ -11,9 +11,14 @@ Two classic designs, chosen by `Captioner.attention`:
   beta = sigmoid(f(h)) (their Sec. 4.2.1), which is concatenated with the word embedding as the
   LSTM input. The initial state comes from the mean annotation, as in the paper.
 
+`CaptionDecoder` is the decoder alone, on any image encoding: a (B, D) vector or a (B, H, W, C)
+grid. `Captioner` is a headless backbone (`vision_jax.models.backbone`) plus a `CaptionDecoder`
+on one of its features; the decoder shares the captioner's scope, so its parameters (`embed`,
+`cell`, `head`, ...) sit next to `encoder`.
+
 Training is teacher forced: `__call__(images, tokens)` predicts tokens[:, 1:] from
 tokens[:, :-1]. Decoding (`vision_jax.models.decoding`) calls `encode` once, then
-`decode_step` per token, through `model.apply(..., method=...)`.
+`decode_step` per token, through `model.apply(..., method=...)`; both modules have them.
 """
 
 from typing import Any
@@ -25,42 +30,33 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax import models
+from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import precision
 
 # LSTM carry (c, h), each (B, hidden_dim).
 Carry = tuple[jax.Array, jax.Array]
 
 
-class Captioner(nn.Module):
-  """Backbone encoder + (attention) LSTM decoder.
+class CaptionDecoder(nn.Module):
+  """(Attention) LSTM decoder of an image encoding.
 
   Attributes:
-    backbone: A key of `vision_jax.models.MODELS`.
-    feature: Which entry of the backbone's feature dict to describe: a (B, H, W, C) grid (e.g.
-      ResNet `stage3`, SimpleCNN `conv2`) or a pooled (B, C) vector (ResNet `pooled`, SimpleCNN
-      `hidden`; only without attention). A grid is mean-pooled when `attention` is False.
     vocab_size: Number of token ids (`len(vocabulary)`).
     embed_dim: Word embedding width.
     hidden_dim: LSTM state width.
-    attention: Soft attention over the grid at each step (Show, Attend and Tell) instead of
-      one pooled vector (Show and Tell).
+    attention: Soft attention over a (B, H, W, C) grid at each step (Show, Attend and Tell)
+      instead of one pooled vector (Show and Tell).
     attention_dim: Width of the additive attention's hidden layer.
     gate: Scale the attention context by a learned sigmoid gate of the hidden state.
     dropout_rate: Dropout on the decoder output before the vocabulary projection (training).
     coordinates: Append each grid cell's (row, column) in [-1, 1] to its annotation vector, so
       that the attended context says where it is ("left of", "above"); convolutional features
       alone barely encode absolute position.
-    backbone_kwargs: Other fields of the backbone (e.g. `features` of SimpleCNN, `widths` of a
-      small VGG).
-    backbone_classes: `num_classes` of the backbone's head, which the captioner never uses. Set
-      it to a classification checkpoint's to load that checkpoint's params as they are.
     dtype: Computation dtype (e.g. jnp.bfloat16); logits and attention weights stay float32
       (float64 in float64 mode).
     param_dtype: Parameter dtype.
   """
 
-  backbone: str
-  feature: str
   vocab_size: int
   embed_dim: int = 256
   hidden_dim: int = 512
@@ -68,8 +64,6 @@ class Captioner(nn.Module):
   attention_dim: int = 256
   gate: bool = True
   dropout_rate: float = 0.0
-  backbone_classes: int = 1
-  backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
   coordinates: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -77,9 +71,6 @@ class Captioner(nn.Module):
   def setup(self):
     dense = lambda n, name: nn.Dense(  # noqa: E731
         n, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-    self.encoder = models.get_model(
-        self.backbone, num_classes=self.backbone_classes, dtype=self.dtype,
-        param_dtype=self.param_dtype, **self.backbone_kwargs)
     self.init_h = dense(self.hidden_dim, "init_h")
     self.init_c = dense(self.hidden_dim, "init_c")
     self.embed = nn.Embed(
@@ -95,24 +86,25 @@ class Captioner(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
     self.head = dense(self.vocab_size, "head")
 
-  def encode(self, images: jax.Array, train: bool = False) -> tuple[Carry, dict[str, jax.Array]]:
-    """Runs the backbone once per image.
+  def encode(self, x: jax.Array, train: bool = False) -> tuple[Carry, dict[str, jax.Array]]:
+    """The initial carry and what every step reads, from an image encoding.
 
     Args:
-      images: (B, H, W, C) images, preprocessed as for the backbone.
-      train: Backbone in training mode (BatchNorm batch statistics, dropout).
+      x: (B, H, W, C) feature grid (mean-pooled without attention) or (B, C) vector (only
+        without attention).
+      train: Unused (the decoder's dropout acts in the steps); kept so that decoding calls
+        every encoder alike.
 
     Returns:
-      `(carry, encoded)`: the initial LSTM carry and what every decoding step reads: with
-      attention `grid` (B, N, C) annotation vectors (N = H'*W') and their projections `keys`
-      (B, N, attention_dim); without, `pooled` (B, C). Decoding code treats `encoded` as an
-      opaque pytree with the batch first (beam search tiles it).
+      `(carry, encoded)`: the initial LSTM carry and, with attention, `grid` (B, N, C')
+      annotation vectors (N = H * W; C' = C + 2 with `coordinates`) and their projections
+      `keys` (B, N, attention_dim); without, `pooled` (B, C). Decoding code treats `encoded`
+      as an opaque pytree with the batch first (beam search tiles it).
+
+    Raises:
+      ValueError: for a vector with attention, or an input of another rank.
     """
-    _, features = self.encoder(images, train=train)
-    if self.feature not in features:
-      raise ValueError(
-          f"{self.backbone!r} has no feature {self.feature!r}; valid choices: {sorted(features)}")
-    x = features[self.feature]
+    del train
     if x.ndim == 4:
       grid = x.reshape(x.shape[0], -1, x.shape[-1])  # (B, N, C)
       pooled = grid.mean(axis=1)  # (B, C)
@@ -124,8 +116,8 @@ class Captioner(nn.Module):
     elif x.ndim == 2 and not self.attention:
       grid, pooled = None, x  # (B, C)
     else:
-      raise ValueError(
-          f"Feature {self.feature!r} has shape {x.shape}; attention needs a (B, H, W, C) grid")
+      raise ValueError(f"The image encoding has shape {x.shape}; attention needs a (B, H, W, C) "
+                       "grid, Show and Tell a grid or a (B, C) vector.")
     carry = (jnp.tanh(self.init_c(pooled)), jnp.tanh(self.init_h(pooled)))  # (B, D) each
     if self.attention:
       return carry, {"grid": grid, "keys": self.att_keys(grid)}
@@ -168,6 +160,127 @@ class Captioner(nn.Module):
     carry, (logits, aux) = self._step(carry, self.embed(tokens), encoded, train)
     return carry, logits, aux
 
+  def teacher_forced(self, carry: Carry, encoded: dict[str, jax.Array], tokens: jax.Array,
+                     train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Next-token logits (B, T, V) of (B, T) input tokens from `encode`'s outputs."""
+    embedded = self.embed(tokens)  # (B, T, E)
+
+    def body(module, carry, x, encoded):
+      return module._step(carry, x, encoded, train)
+
+    scan = nn.scan(
+        body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
+        in_axes=(1, nn.broadcast), out_axes=1)
+    _, (logits, aux) = scan(self, carry, embedded, encoded)  # (B, T, V), {(B, T, N)}
+    return logits, aux
+
+  def __call__(self, x: jax.Array, tokens: jax.Array,
+               train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Teacher-forced next-token logits of an image encoding.
+
+    Args:
+      x: (B, H, W, C) feature grid or (B, C) vector (see `encode`).
+      tokens: (B, T) int input ids, <bos> first (a caption without its last token).
+      train: Enables dropout.
+
+    Returns:
+      `(logits, aux)`: float32 logits (B, T, V), logits[:, t] predicting tokens[:, t + 1] of
+      the full caption, and `{"attention": (B, T, N)}` with attention, else `{}`.
+    """
+    carry, encoded = self.encode(x)
+    return self.teacher_forced(carry, encoded, tokens, train)
+
+
+class Captioner(nn.Module):
+  """Backbone encoder + `CaptionDecoder`.
+
+  Attributes:
+    backbone: A registry name, a Module or a constructor (`backbone.build`).
+    feature: Which entry of the backbone's feature dict to describe: a (B, H, W, C) grid (e.g.
+      ResNet `stage3`, SimpleCNN `conv2`) or a (B, D) vector (`pre_logits`, ResNet `pooled`,
+      SimpleCNN `hidden`; only without attention). A grid is mean-pooled when `attention` is
+      False.
+    vocab_size: See `CaptionDecoder`.
+    embed_dim: See `CaptionDecoder`.
+    hidden_dim: See `CaptionDecoder`.
+    attention: See `CaptionDecoder`.
+    attention_dim: See `CaptionDecoder`.
+    gate: See `CaptionDecoder`.
+    dropout_rate: See `CaptionDecoder`.
+    backbone_classes: None (the default): the backbone is built without its classifier. A
+      number builds a registry backbone with a classifier of that many classes, which the
+      captioner never uses, so that parameters saved with one load as they are: 1 for
+      captioners trained before backbones could be headless (their unused `encoder/head`; for
+      VGG/AlexNet also `encoder/fc6`, `encoder/fc7`; GoogLeNet's `encoder/aux1`, `aux2`), or a
+      classification checkpoint's class count. The shipped captioning configs set 1, so that
+      their checkpoints keep loading.
+    backbone_kwargs: Other fields of the backbone (e.g. `features` of SimpleCNN, `widths` of a
+      small VGG).
+    coordinates: See `CaptionDecoder`.
+    dtype: See `CaptionDecoder`.
+    param_dtype: Parameter dtype.
+  """
+
+  backbone: backbone_lib.Backbone
+  feature: str
+  vocab_size: int
+  embed_dim: int = 256
+  hidden_dim: int = 512
+  attention: bool = True
+  attention_dim: int = 256
+  gate: bool = True
+  dropout_rate: float = 0.0
+  backbone_classes: int | None = None
+  backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
+  coordinates: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.backbone_classes is None:
+      self.encoder = backbone_lib.build(self.backbone, dtype=self.dtype,
+                                        param_dtype=self.param_dtype, name=None,
+                                        **self.backbone_kwargs)
+    elif isinstance(self.backbone, str):
+      self.encoder = models.get_model(
+          self.backbone, num_classes=self.backbone_classes, dtype=self.dtype,
+          param_dtype=self.param_dtype, **self.backbone_kwargs)
+    else:
+      raise ValueError(f"backbone_classes={self.backbone_classes} is for registry backbones "
+                       f"(to load old parameters); {backbone_lib.describe(self.backbone)} is "
+                       "not one: leave backbone_classes None.")
+    self.decoder = CaptionDecoder(
+        vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden_dim=self.hidden_dim,
+        attention=self.attention, attention_dim=self.attention_dim, gate=self.gate,
+        dropout_rate=self.dropout_rate, coordinates=self.coordinates, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    nn.share_scope(self, self.decoder)  # Its parameters sit next to `encoder`.
+
+  def encode(self, images: jax.Array, train: bool = False) -> tuple[Carry, dict[str, jax.Array]]:
+    """Runs the backbone once per image and starts the decoder on `feature`.
+
+    Args:
+      images: (B, H, W, C) images, preprocessed as for the backbone.
+      train: Backbone in training mode (BatchNorm batch statistics, dropout).
+
+    Returns:
+      `(carry, encoded)`: see `CaptionDecoder.encode`.
+    """
+    _, features = self.encoder(images, train=train)
+    if self.feature not in features:
+      raise ValueError(f"{backbone_lib.describe(self.backbone)} has no feature "
+                       f"{self.feature!r}; valid choices: {sorted(features)}")
+    x = features[self.feature]
+    if x.ndim not in (2, 4) or (x.ndim == 2 and self.attention):
+      raise ValueError(
+          f"Feature {self.feature!r} has shape {x.shape}; attention needs a (B, H, W, C) grid")
+    return self.decoder.encode(x)
+
+  def decode_step(self, carry: Carry, tokens: jax.Array, encoded: dict[str, jax.Array],
+                  train: bool = False) -> tuple[Carry, jax.Array, dict[str, jax.Array]]:
+    """One token per caption: see `CaptionDecoder.decode_step`."""
+    return self.decoder.decode_step(carry, tokens, encoded, train)
+
   def __call__(self, images: jax.Array, tokens: jax.Array,
                train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Teacher-forced next-token logits.
@@ -182,16 +295,7 @@ class Captioner(nn.Module):
       the full caption, and `{"attention": (B, T, N)}` with attention, else `{}`.
     """
     carry, encoded = self.encode(images, train)
-    embedded = self.embed(tokens)  # (B, T, E)
-
-    def body(module, carry, x, encoded):
-      return module._step(carry, x, encoded, train)
-
-    scan = nn.scan(
-        body, variable_broadcast="params", split_rngs={"params": False, "dropout": True},
-        in_axes=(1, nn.broadcast), out_axes=1)
-    _, (logits, aux) = scan(self, carry, embedded, encoded)  # (B, T, V), {(B, T, N)}
-    return logits, aux
+    return self.decoder.teacher_forced(carry, encoded, tokens, train)
 
 
 def caption_loss(logits: jax.Array, targets: jax.Array,

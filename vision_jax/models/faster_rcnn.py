@@ -14,8 +14,8 @@ and RoIs draws from the `'dropout'` rng, which the train step supplies); evaluat
 detections. Boxes are (ymin, xmin, ymax, xmax) in pixels of the input image; classes are
 0 .. K - 1 outside the model (the box head's class 0 is background).
 
-The backbone is a classification model of `vision_jax.models.MODELS` read through its named
-`stage<k>` features, as the FCN reads them; its classifier layers are skipped (no parameters).
+The backbone (a registry name, a Module or a constructor: `vision_jax.models.backbone`) is built
+without its classifier and read through its named `stage<k>` features, as the FCN reads them.
 One output map (the neck merges the stages at `feature_strides` into the finest of them)
 replaces the paper's single VGG conv5 map; there is no FPN.
 """
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vision_jax import models
+from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import detection_targets as targets
 from vision_jax.models import fcn, precision
 from vision_jax.ops import anchors as anchor_ops
@@ -98,7 +98,8 @@ class FasterRCNN(nn.Module):
 
   Attributes:
     num_classes: K object classes (background excluded).
-    backbone: a key of `vision_jax.models.MODELS` with `stage<k>` features.
+    backbone: a registry name, a Module or a constructor (`backbone.build`) with `stage<k>`
+      features at `feature_strides`.
     backbone_kwargs: the backbone's other fields (e.g. `widths` of a small VGG).
     feature_strides: strides of the stages the neck merges (top-down, nearest upsampling);
       the RPN and RoIAlign read the merged map at the finest of them.
@@ -133,7 +134,7 @@ class FasterRCNN(nn.Module):
   """
 
   num_classes: int
-  backbone: str
+  backbone: backbone_lib.Backbone
   backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
   feature_strides: tuple[int, ...] = (4, 8)
   feature_width: int = 64
@@ -176,16 +177,12 @@ class FasterRCNN(nn.Module):
 
   def _feature_map(self, images: jax.Array, train: bool) -> jax.Array:
     """The neck's merged map (B, Hf, Wf, feature_width) at stride min(feature_strides)."""
-    if self.backbone not in models.MODELS:
-      raise ValueError(f"Unknown backbone {self.backbone!r}; valid choices: "
-                       f"{sorted(models.MODELS)}")
     kwargs = dict(self.backbone_kwargs)
     if self.bn_axis_name is not None:
       kwargs["bn_axis_name"] = self.bn_axis_name
-    backbone = models.MODELS[self.backbone](num_classes=1, dtype=self.dtype,
-                                            param_dtype=self.param_dtype, name="backbone",
-                                            **kwargs)
-    features = fcn.backbone_features(backbone, images, train)
+    backbone = backbone_lib.build(self.backbone, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  **kwargs)
+    _, features = backbone(images, train=train)
     strides = tuple(sorted(self.feature_strides, reverse=True))  # Coarsest first.
     names = fcn.stages_by_stride(features, images.shape[1], strides)
     y = self._conv(self.feature_width, 1, f"lateral{strides[0]}")(features[names[0]])

@@ -12,10 +12,11 @@ bilinear interpolation) and added to the finer scores ("skips"):
 As in the paper, the score layers start at zero, the x2 upsamplings start bilinear and are
 learnt, and the last upsampling (to the input's resolution) is fixed bilinear (optionally
 learnt). Optionally the classifier's fc6/fc7 come back as convolutions on the stride-32 map
-(`head_width`: 4096 with a 7x7 kernel in the paper, for VGG-16). Any registry backbone that
-names its stages `stage<k>` works (VGG, ResNet with the ImageNet stem, GoogLeNet); the stages
-are picked by their stride. The backbone's dense layers (its classifier) and their dropout are
-skipped, so they have no parameters.
+(`head_width`: 4096 with a 7x7 kernel in the paper, for VGG-16). Any backbone that names its
+stages `stage<k>` works (VGG, ResNet with the ImageNet stem, GoogLeNet, or a module of one's own;
+see `vision_jax.models.backbone`); the stages are picked by their stride. The backbone is built
+without its classifier (`num_classes=None`), so VGG's dense layers have no parameters.
+`FCNHead` is the head alone, on any feature maps; `FCN` is a backbone plus `FCNHead`.
 
 Sizes: the paper pads the input by 100 px and crops the upsampled maps at computed offsets;
 here convolutions keep their "same" padding, the transposed convolutions output exactly
@@ -25,7 +26,7 @@ bottom/right. The logits always come out at the input's resolution.
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax
@@ -34,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_jax import models
+from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import precision
 
 VARIANTS = ("32s", "16s", "8s", "4s")
@@ -160,50 +161,118 @@ def stages_by_stride(features: Mapping[str, jax.Array], input_size: int,
   return tuple(picked)
 
 
-def backbone_features(backbone: nn.Module, x: jax.Array, train: bool) -> dict:
-  """The backbone's named features without its classifier: its own dense layers are skipped
-  (zeros out, so they create no parameters) and so is their dropout.
-
-  Call it inside the parent module's `__call__` (compact) with the backbone it defined.
-  """
-
-  def skip_classifier(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == "__call__" and module.parent is backbone:
-      if isinstance(module, nn.Dense):
-        return jnp.zeros(args[0].shape[:-1] + (module.features,), backbone.dtype)
-      if isinstance(module, nn.Dropout):
-        return args[0]
-    return next_fun(*args, **kwargs)
-
-  with nn.intercept_methods(skip_classifier):
-    _, features = backbone(x, train=train)
-  return features
+def _maps_by_stride(maps: Mapping[Any, jax.Array] | Sequence[jax.Array], height: int,
+                    strides: tuple[int, ...]) -> list[jax.Array]:
+  """The maps at `strides` (coarsest first) from what `FCNHead` takes (see its `__call__`)."""
+  if isinstance(maps, Mapping):
+    if all(isinstance(k, str) for k in maps):  # A backbone's features: pick stages by stride.
+      return [maps[name] for name in stages_by_stride(maps, height, strides)]
+    missing = [s for s in strides if s not in maps]
+    if missing:
+      raise ValueError(f"FCNHead needs maps at strides {strides}; got strides {sorted(maps)}.")
+    return [maps[s] for s in strides]
+  if len(maps) != len(strides):
+    raise ValueError(f"FCNHead needs {len(strides)} maps (strides {strides}, coarsest first); "
+                     f"got {len(maps)}.")
+  return list(maps)
 
 
-class FCN(nn.Module):
-  """Fully convolutional network over a registry backbone.
+class FCNHead(nn.Module):
+  """FCN's head on any feature maps: score layers, learnt x2 upsamplings, skips, final upsample.
 
   Attributes:
     num_classes: Classes scored at each pixel.
-    backbone: A key of `vision_jax.models.MODELS` whose features include `stage<k>` maps at
-      the variant's strides (32, 16, 8; 4 for "4s").
+    variant: "32s", "16s", "8s" (the paper's) or "4s": the strides it reads (`STRIDES`).
+    head_width: Width of fc6/fc7 recast as convolutions on the stride-32 map before scoring
+      (4096 in the paper); 0 scores the map directly.
+    head_kernel: Kernel size of fc6 (7 in the paper: VGG's 7x7 pooled map).
+    learn_final_upsample: Learn the last upsampling (to the output size) too. The paper fixes it
+      to bilinear (Sec. 4.3) and learns only the x2 ones; so does the default, which then costs
+      two small matmuls instead of a large transposed convolution.
+    dropout_rate: Dropout after fc6 and fc7 in training (0.5 in the paper).
+    dtype: Computation dtype; the logits are float32 (float64 in float64 mode).
+    param_dtype: Parameter dtype.
+  """
+
+  num_classes: int
+  variant: str = "8s"
+  head_width: int = 0
+  head_kernel: int = 7
+  learn_final_upsample: bool = False
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, maps: Mapping[Any, jax.Array] | Sequence[jax.Array], size: tuple[int, int],
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Scores every pixel of an output of `size`.
+
+    Args:
+      maps: (B, H / s, W / s, C_s) maps at the variant's strides s: a dict stride -> map, a
+        backbone's features dict (its `stage<k>` maps, picked by stride as FCN does), or a
+        sequence coarsest first (stride 32 first).
+      size: (H, W) of the output (the input image's size).
+      train: Dropout after fc6/fc7 in training mode.
+
+    Returns:
+      `(logits, score)`: float32 logits (B, H, W, num_classes), and the summed scores at the
+      finest stride s, (B, H / s, W / s, num_classes).
+    """
+    if self.variant not in STRIDES:
+      raise ValueError(f"Unknown FCN variant {self.variant!r}; valid choices: {list(VARIANTS)}")
+    height, width = size
+    strides = STRIDES[self.variant]
+    maps = _maps_by_stride(maps, height, strides)
+    conv = lambda n, k, name, **kw: nn.Conv(  # noqa: E731
+        n, (k, k), dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+    # The paper zero-initialises the score layers.
+    score = lambda name: conv(  # noqa: E731
+        self.num_classes, 1, name, kernel_init=nn.initializers.zeros)
+
+    y = maps[0]  # (B, H / 32, W / 32, C)
+    if self.head_width:
+      for name, k in (("fc6", self.head_kernel), ("fc7", 1)):
+        y = nn.relu(conv(self.head_width, k, name)(y))
+        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = score(f"score{strides[0]}")(y)  # (B, H / 32, W / 32, K)
+    for coarse, stride, skip in zip(strides, strides[1:], maps[1:]):
+      skip = score(f"score{stride}")(skip)  # (B, H / stride, W / stride, K)
+      up = Upsample(self.num_classes, coarse // stride, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"up{coarse}")(y)
+      y = fit(up, *skip.shape[1:3]) + skip
+    if self.learn_final_upsample:
+      logits = Upsample(self.num_classes, strides[-1], dtype=self.dtype,
+                        param_dtype=self.param_dtype, name=f"up{strides[-1]}_to_1")(y)
+    else:
+      logits = bilinear_upsample(y, strides[-1])
+    logits = fit(logits, height, width)  # (B, H, W, K)
+    return logits.astype(precision.output_dtype(self.dtype)), y
+
+
+class FCN(nn.Module):
+  """Fully convolutional network: a headless backbone, then `FCNHead` on its stages.
+
+  The head shares the FCN's scope, so its layers (`score32`, `up32`, `fc6`, ...) sit next to
+  `backbone` in the parameters, as they did before the head was a module of its own.
+
+  Attributes:
+    num_classes: Classes scored at each pixel.
+    backbone: A registry name, a Module or a constructor (`backbone.build`) whose features
+      include `stage<k>` maps at the variant's strides (32, 16, 8; 4 for "4s").
     variant: "32s", "16s", "8s" (the paper's) or "4s".
     backbone_kwargs: Other fields of the backbone (e.g. `widths` of a small VGG).
-    head_width: Width of fc6/fc7 recast as convolutions on the stride-32 map before scoring
-      (4096 in the paper); 0 scores the stage directly.
-    head_kernel: Kernel size of fc6 (7 in the paper: VGG's 7x7 pooled map).
-    learn_final_upsample: Learn the last upsampling (to the input's resolution) too. The paper
-      fixes it to bilinear (Sec. 4.3) and learns only the x2 ones; so does the default, which
-      then costs two small matmuls instead of a large transposed convolution.
-    dropout_rate: Dropout after fc6 and fc7 in training (0.5 in the paper).
+    head_width: See `FCNHead`.
+    head_kernel: See `FCNHead`.
+    learn_final_upsample: See `FCNHead`.
+    dropout_rate: See `FCNHead`.
     bn_axis_name: Passed to the backbone's BatchNorm (pmap); None leaves the backbone's default.
     dtype: Computation dtype; the logits are float32 (float64 in float64 mode).
     param_dtype: Parameter dtype.
   """
 
   num_classes: int
-  backbone: str
+  backbone: backbone_lib.Backbone
   variant: str = "8s"
   backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
   head_width: int = 0
@@ -226,46 +295,17 @@ class FCN(nn.Module):
       `(logits, features)`: float32 logits (B, H, W, num_classes) and the backbone's features
       plus `score` (B, H / s, W / s, num_classes), the summed scores at the finest stride `s`.
     """
-    if self.variant not in STRIDES:
-      raise ValueError(f"Unknown FCN variant {self.variant!r}; valid choices: {list(VARIANTS)}")
     kwargs = dict(self.backbone_kwargs)
     if self.bn_axis_name is not None:
       kwargs["bn_axis_name"] = self.bn_axis_name
-    if self.backbone not in models.MODELS:
-      raise ValueError(f"Unknown backbone {self.backbone!r}; valid choices: "
-                       f"{sorted(models.MODELS)}")
-    # num_classes=1: the backbone's classifier is skipped below, so its size does not matter.
-    backbone = models.MODELS[self.backbone](num_classes=1, dtype=self.dtype,
-                                            param_dtype=self.param_dtype, name="backbone",
-                                            **kwargs)
-
-    features = backbone_features(backbone, x, train)
-
-    height, width = x.shape[1:3]
-    strides = STRIDES[self.variant]
-    names = stages_by_stride(features, height, strides)
-    conv = lambda n, k, name, **kw: nn.Conv(  # noqa: E731
-        n, (k, k), dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
-    # The paper zero-initialises the score layers.
-    score = lambda name: conv(  # noqa: E731
-        self.num_classes, 1, name, kernel_init=nn.initializers.zeros)
-
-    y = features[names[0]]  # (B, H / 32, W / 32, C)
-    if self.head_width:
-      for name, k in (("fc6", self.head_kernel), ("fc7", 1)):
-        y = nn.relu(conv(self.head_width, k, name)(y))
-        y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = score(f"score{strides[0]}")(y)  # (B, H / 32, W / 32, K)
-    for coarse, stride, name in zip(strides, strides[1:], names[1:]):
-      skip = score(f"score{stride}")(features[name])  # (B, H / stride, W / stride, K)
-      up = Upsample(self.num_classes, coarse // stride, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"up{coarse}")(y)
-      y = fit(up, *skip.shape[1:3]) + skip
-    features = {**features, "score": y}
-    if self.learn_final_upsample:
-      logits = Upsample(self.num_classes, strides[-1], dtype=self.dtype,
-                        param_dtype=self.param_dtype, name=f"up{strides[-1]}_to_1")(y)
-    else:
-      logits = bilinear_upsample(y, strides[-1])
-    logits = fit(logits, height, width)  # (B, H, W, K)
-    return logits.astype(precision.output_dtype(self.dtype)), features
+    backbone = backbone_lib.build(self.backbone, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  **kwargs)
+    _, features = backbone(x, train=train)
+    head = FCNHead(num_classes=self.num_classes, variant=self.variant,
+                   head_width=self.head_width, head_kernel=self.head_kernel,
+                   learn_final_upsample=self.learn_final_upsample,
+                   dropout_rate=self.dropout_rate, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="head")
+    nn.share_scope(self, head)  # Its parameters sit next to `backbone`, not under `head/`.
+    logits, score = head(features, x.shape[1:3], train=train)
+    return logits, {**features, "score": score}

@@ -109,8 +109,12 @@ class InceptionAux(nn.Module):
 class GoogLeNet(nn.Module):
   """GoogLeNet classifier.
 
+  The classifier is the dropout and the final Dense (`head`), plus the auxiliary classifiers;
+  `pre_logits` is what the final one reads, the globally average-pooled stage 5.
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier (no dropout, no `head`, no
+      auxiliary classifiers, whatever `aux_logits` says).
     aux_logits: Build the two auxiliary classifiers (computed only in training).
     transform_input: Map ImageNet-mean/std-normalised inputs to mean = std = 0.5 first, as
       torchvision's pretrained GoogLeNet does (see the module docstring).
@@ -122,7 +126,7 @@ class GoogLeNet(nn.Module):
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   aux_logits: bool = True
   transform_input: bool = False
   dropout_rate: float = 0.2
@@ -132,7 +136,8 @@ class GoogLeNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -142,10 +147,11 @@ class GoogLeNet(nn.Module):
         auxiliary classifiers.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and activations by name (sizes at
-      224x224): `stem` (B, 28, 28, 192), `stage3` after 3b (B, 28, 28, 480), `stage4` after 4e
-      (B, 14, 14, 832), `stage5` after 5b (B, 7, 7, 1024), `pooled` (B, 1024); in training with
-      `aux_logits`, also `aux1` and `aux2`, float32 logits (B, num_classes).
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      activations by name (sizes at 224x224): `stem` (B, 28, 28, 192), `stage3` after 3b
+      (B, 28, 28, 480), `stage4` after 4e (B, 14, 14, 832), `stage5` after 5b (B, 7, 7, 1024),
+      `pooled` = `pre_logits` (B, 1024); in training with `aux_logits` (and a classifier),
+      also `aux1` and `aux2`, float32 logits (B, num_classes).
     """
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -161,7 +167,8 @@ class GoogLeNet(nn.Module):
         kernel_init=nn.initializers.normal(0.01))
     # Auxiliary heads cost compute and parameters only where they are used: in training, and at
     # init, so that variables initialised in eval mode can still be trained.
-    run_aux = self.aux_logits and (train or self.is_initializing())
+    run_aux = (self.aux_logits and self.num_classes is not None
+               and (train or self.is_initializing()))
 
     out = {}
     if self.transform_input:
@@ -195,7 +202,9 @@ class GoogLeNet(nn.Module):
     out["stage5"] = x  # (B, 7, 7, 1024)
 
     x = jnp.mean(x, axis=(1, 2))  # (B, 1024)
-    out["pooled"] = x
+    out["pooled"] = out["pre_logits"] = x
+    if self.num_classes is None:
+      return None, out
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense(self.num_classes, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.

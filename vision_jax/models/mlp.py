@@ -13,20 +13,24 @@ from vision_jax.models import precision
 class MLP(nn.Module):
   """Multi-layer perceptron classifier.
 
+  The classifier is the final Dense (`head`); `pre_logits` is what it reads, the last hidden
+  layer (the flattened image without hidden layers).
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier.
     hidden_sizes: Width of each hidden layer, in order.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   hidden_sizes: Sequence[int] = (512, 256)
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -34,8 +38,9 @@ class MLP(nn.Module):
       train: Unused; kept so that every model has the same signature.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and the hidden activations by name
-      (`hidden1`, `hidden2`, ...), each (B, width).
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      the hidden activations by name (`hidden1`, `hidden2`, ...), each (B, width), and
+      `pre_logits` (B, D).
     """
     del train  # No dropout or normalisation.
     features = {}
@@ -44,6 +49,9 @@ class MLP(nn.Module):
       x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype, name=f"hidden{i + 1}")(x)
       x = nn.relu(x)  # (B, width)
       features[f"hidden{i + 1}"] = x
+    features["pre_logits"] = x  # (B, D)
+    if self.num_classes is None:
+      return None, features
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
     return x.astype(precision.output_dtype(self.dtype)), features

@@ -7,8 +7,9 @@ detection and semantic segmentation"): the readable reference detector.
    every side (p = 16 at 227 px in the paper), and the image inside it is resized
    (bilinearly, ignoring the aspect ratio) to a fixed `crop_size` square (`warp_crops`).
    Outside the image the crop is 0, the mean of a normalised image: the paper's mean padding.
-3. CNN features: any registry backbone runs on each crop; its classifier is skipped, and the
-   vector it would have read (AlexNet's fc7 in the paper) is the region's feature.
+3. CNN features: any backbone runs on each crop, built without its classifier; the vector the
+   classifier would have read, its `pre_logits`, is the region's feature (AlexNet's fc7 in the
+   paper: AlexNet and VGG keep fc6/fc7 here, `fc_in_trunk`).
 4. Classify and refine: a (K + 1)-way softmax (0 = background) and class-specific box deltas
    (`vision_jax.ops.boxes.encode`), then class-wise NMS (`detect`).
 
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax import models
+from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import detection_targets, precision
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops import roi_align
@@ -78,19 +80,21 @@ def warp_crops(images: jax.Array, boxes: jax.Array, crop_size: int, padding: int
 
 
 class RCNN(nn.Module):
-  """Scores warped region crops: a registry backbone, then classification and box heads.
+  """Scores warped region crops: a headless backbone, then classification and box heads.
 
   Attributes:
     num_classes: K object classes; the logits have K + 1 (index 0 is background).
-    backbone: a key of `vision_jax.models.MODELS`. Its classifier (the Dense named "head") is
-      skipped; its input, flattened, is the region feature.
+    backbone: a registry name, a Module or a constructor (`backbone.build`), built without its
+      classifier; its `pre_logits` (B, D) is the region feature. Registry models with fc6/fc7
+      (AlexNet, ZFNet, VGG) keep them (`fc_in_trunk=True` unless `backbone_kwargs` says
+      otherwise), so the feature is fc7's, as in the paper.
     backbone_kwargs: other fields of the backbone (e.g. `features` of a SimpleCNN).
     dtype: computation dtype; the outputs are float32.
     param_dtype: parameter dtype.
   """
 
   num_classes: int
-  backbone: str
+  backbone: backbone_lib.Backbone
   backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -107,32 +111,20 @@ class RCNN(nn.Module):
       `(logits, deltas)`: (R, K + 1) float32 class logits and (R, K, 4) float32 box deltas
       (dy, dx, dh, dw) per object class, to decode against the region's box.
     """
-    if self.backbone not in models.MODELS:
-      raise ValueError(f"Unknown backbone {self.backbone!r}; valid choices: "
-                       f"{sorted(models.MODELS)}")
     lead = crops.shape[:-3]
     crops = crops.reshape(-1, *crops.shape[-3:])  # (R, S, S, C)
-    # num_classes=1: the backbone's classifier is skipped below, so its size does not matter.
-    backbone = models.MODELS[self.backbone](
-        num_classes=1, dtype=self.dtype, param_dtype=self.param_dtype, name="backbone",
-        **self.backbone_kwargs)
-    seen = {}
-
-    def read_classifier_input(next_fun, args, kwargs, context):
-      """Keeps what the backbone's classifier reads and skips the classifier (no params)."""
-      module = context.module
-      if (context.method_name == "__call__" and isinstance(module, nn.Dense)
-          and module.parent is backbone and module.name == "head"):
-        seen["features"] = args[0]
-        return jnp.zeros(args[0].shape[:-1] + (module.features,), self.dtype)
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(read_classifier_input):
-      backbone(crops, train=train)
-    if "features" not in seen:
-      raise ValueError(f"Backbone {self.backbone!r} has no Dense layer named 'head' to read "
-                       "region features from.")
-    x = seen["features"].reshape(crops.shape[0], -1)  # (R, D)
+    kwargs = dict(self.backbone_kwargs)
+    if isinstance(self.backbone, str) and "fc_in_trunk" in (
+        models.model_fields(self.backbone) or ()):
+      kwargs.setdefault("fc_in_trunk", True)  # The paper's region feature: fc7.
+    backbone = backbone_lib.build(self.backbone, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  **kwargs)
+    _, features = backbone(crops, train=train)
+    if "pre_logits" not in features:
+      raise ValueError(f"Backbone {backbone_lib.describe(self.backbone)} has no "
+                       f"features['pre_logits'] to read region features from; its features: "
+                       f"{sorted(features)}.")
+    x = features["pre_logits"]  # (R, D)
     dense = lambda n, name, std: nn.Dense(  # noqa: E731
         n, kernel_init=nn.initializers.normal(std), dtype=self.dtype,
         param_dtype=self.param_dtype, name=name)

@@ -74,8 +74,11 @@ class BottleneckBlock(nn.Module):
 class ResNet(nn.Module):
   """Residual network classifier.
 
+  The classifier is the final Dense (`head`); `pre_logits` is what it reads, the globally
+  average-pooled last stage.
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier.
     stage_sizes: Number of blocks in each stage. Stage i has `num_filters * 2**i` filters and,
       except for the first, halves the resolution in its first block.
     block_cls: `BasicBlock` or `BottleneckBlock`.
@@ -87,7 +90,7 @@ class ResNet(nn.Module):
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   num_filters: int = 64
@@ -97,7 +100,8 @@ class ResNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -106,9 +110,9 @@ class ResNet(nn.Module):
         `'batch_stats'` collection (which must then be mutable); otherwise use the averages.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and the activations after the stem
-      (`stem`), after each stage (`stage1`, `stage2`, ...: (B, H', W', C')) and after global
-      average pooling (`pooled`: (B, C')).
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      the activations after the stem (`stem`), after each stage (`stage1`, `stage2`, ...:
+      (B, H', W', C')) and after global average pooling (`pooled` = `pre_logits`: (B, C')).
     """
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -139,7 +143,9 @@ class ResNet(nn.Module):
       out[f"stage{i + 1}"] = x  # (B, H', W', C') with C' = filters (x4 for bottlenecks)
 
     x = jnp.mean(x, axis=(1, 2))  # (B, C')
-    out["pooled"] = x
+    out["pooled"] = out["pre_logits"] = x
+    if self.num_classes is None:
+      return None, out
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
     return x.astype(precision.output_dtype(self.dtype)), out

@@ -13,17 +13,20 @@ from vision_jax.models import pooling, precision
 class SimpleCNN(nn.Module):
   """Conv-ReLU-pool stages, then a hidden dense layer with dropout, then the classifier.
 
+  The classifier is the dropout and the final Dense (`head`); `pre_logits` is what it reads,
+  the hidden layer (before the dropout, so the same with and without a classifier).
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier (and no dropout).
     features: Output channels of each 3x3 convolution; each is followed by a 2x2 max-pool.
     hidden: Width of the dense layer before the classifier.
-    dropout_rate: Dropout on the hidden layer in training. 0 by default so that the baseline is
+    dropout_rate: Dropout on the hidden layer in training (part of the classifier). 0 by default so that the baseline is
       unregularised unless an experiment config asks for it.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   features: Sequence[int] = (32, 64)
   hidden: int = 128
   dropout_rate: float = 0.0
@@ -31,7 +34,8 @@ class SimpleCNN(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -39,9 +43,9 @@ class SimpleCNN(nn.Module):
       train: Enables dropout, which then needs a `'dropout'` rng.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and intermediate activations by
-      name: `conv1`, `conv2`, ... after each pool, (B, H // 2**i, W // 2**i, features[i - 1]), and
-      `hidden`, (B, hidden).
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      intermediate activations by name: `conv1`, `conv2`, ... after each pool,
+      (B, H // 2**i, W // 2**i, features[i - 1]), and `hidden` = `pre_logits`, (B, hidden).
     """
     out = {}
     for i, width in enumerate(self.features):
@@ -54,7 +58,9 @@ class SimpleCNN(nn.Module):
     x = x.reshape(x.shape[0], -1)  # (B, H' * W' * C')
     x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="hidden")(x)
     x = nn.relu(x)  # (B, hidden)
-    out["hidden"] = x
+    out["hidden"] = out["pre_logits"] = x
+    if self.num_classes is None:
+      return None, out
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.

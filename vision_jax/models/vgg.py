@@ -35,33 +35,43 @@ def _max_pool_2x2(x: jax.Array) -> jax.Array:
 class VGG(nn.Module):
   """VGG classifier.
 
+  The classifier is torchvision's: fc6, fc7 and the final Dense (`head`) with their dropout;
+  `pre_logits` is what it reads, the pooled map flattened. With `fc_in_trunk`, fc6 and fc7 (and
+  the dropout between them) are part of the trunk instead (timm's split), the classifier is the
+  dropout and `head`, and `pre_logits` is fc7's output.
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier.
     stage_sizes: Number of 3x3 convolutions in each stage; a 2x2 max-pool ends every stage.
     widths: Filters of the convolutions of each stage.
     batch_norm: BatchNorm after every convolution (torchvision's `vgg*_bn`).
     hidden: Width of the two hidden dense layers.
     pooled_size: Side of the adaptive average pool before the classifier.
     dropout_rate: Dropout after each hidden dense layer, in training.
+    fc_in_trunk: Keep fc6 and fc7 without a classifier (`num_classes=None`), and read
+      `pre_logits` from fc7 (B, hidden), e.g. for R-CNN's region features. Models with a
+      classifier have the same parameters either way.
     bn_axis_name: Device axis over which BatchNorm averages batch statistics; None normalises
       with each device's local batch.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   stage_sizes: Sequence[int]
   widths: Sequence[int] = (64, 128, 256, 512, 512)
   batch_norm: bool = False
   hidden: int = 4096
   pooled_size: int = 7
   dropout_rate: float = 0.5
+  fc_in_trunk: bool = False
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -71,10 +81,11 @@ class VGG(nn.Module):
         `'batch_stats'` collection.
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and activations by name: `stage1` ..
-      `stage5` after each max-pool ((B, H / 2**i, W / 2**i, widths[i - 1]); stage5 is
-      (B, 7, 7, 512) at 224x224), `pooled` (B, 7, 7, 512) and `fc6`, `fc7` (B, hidden) after
-      their ReLU.
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier, and
+      activations by name: `stage1` .. `stage5` after each max-pool
+      ((B, H / 2**i, W / 2**i, widths[i - 1]); stage5 is (B, 7, 7, 512) at 224x224), `pooled`
+      (B, 7, 7, 512), `fc6`, `fc7` (B, hidden) after their ReLU (where they are built) and
+      `pre_logits`: (B, 49 * 512) flattened `pooled`, or (B, hidden) `fc7` with `fc_in_trunk`.
     """
     # torchvision's VGG initialisation: He (fan-out) convolutions, normal(0.01) dense layers.
     conv = functools.partial(
@@ -104,10 +115,22 @@ class VGG(nn.Module):
     out["pooled"] = x
     # NHWC flattening: porting torchvision's fc6 weight needs its inputs permuted from (C, H, W).
     x = x.reshape(x.shape[0], -1)  # (B, 49 C)
-    for name in ("fc6", "fc7"):
-      x = nn.relu(dense(self.hidden, name=name)(x))  # (B, hidden)
-      out[name] = x
+
+    def fc(x):  # fc6 -> ReLU -> dropout -> fc7 -> ReLU.
+      x = nn.relu(dense(self.hidden, name="fc6")(x))  # (B, hidden)
+      out["fc6"] = x
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      out["fc7"] = x = nn.relu(dense(self.hidden, name="fc7")(x))  # (B, hidden)
+      return x
+
+    if self.fc_in_trunk:
+      x = fc(x)
+    out["pre_logits"] = x  # (B, 49 C), or (B, hidden) with fc_in_trunk
+    if self.num_classes is None:
+      return None, out
+    if not self.fc_in_trunk:
+      x = fc(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = dense(self.num_classes, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
     return x.astype(precision.output_dtype(self.dtype)), out

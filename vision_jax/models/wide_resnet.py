@@ -59,8 +59,11 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
   """Wide residual network classifier for small (e.g. 32x32) images.
 
+  The classifier is the final Dense (`head`); `pre_logits` is what it reads, the globally
+  average-pooled output of the final BN-ReLU.
+
   Attributes:
-    num_classes: Number of output logits.
+    num_classes: Number of output logits; None builds no classifier.
     depth: 6n + 4, for n blocks per stage.
     widen_factor: k; the stages have 16k, 32k, 64k filters.
     dropout_rate: Dropout between the convolutions of each block, in training (the paper uses
@@ -71,7 +74,7 @@ class WideResNet(nn.Module):
     param_dtype: Parameter dtype.
   """
 
-  num_classes: int
+  num_classes: int | None
   depth: int = 28
   widen_factor: int = 10
   dropout_rate: float = 0.0
@@ -80,7 +83,8 @@ class WideResNet(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x: jax.Array,
+               train: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Classifies a batch of images.
 
     Args:
@@ -89,9 +93,11 @@ class WideResNet(nn.Module):
         `'batch_stats'` collection; enable dropout (needs a `'dropout'` rng if dropout_rate > 0).
 
     Returns:
-      `(logits, features)`: float32 logits (B, num_classes) and activations by name: `stem`
+      `(logits, features)`: float32 logits (B, num_classes), or None without a classifier,
+      and activations by name: `stem`
       (B, H, W, 16), `stage1` .. `stage3` after each stage ((B, H, W, 16k), (B, H/2, W/2, 32k),
-      (B, H/4, W/4, 64k); pre-activation, so before the final BN-ReLU) and `pooled` (B, 64k).
+      (B, H/4, W/4, 64k); pre-activation, so before the final BN-ReLU) and `pooled` =
+      `pre_logits` (B, 64k).
     """
     if (self.depth - 4) % 6:
       raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}")
@@ -118,7 +124,9 @@ class WideResNet(nn.Module):
       out[f"stage{i + 1}"] = x
     x = nn.relu(norm(name="final_norm")(x))
     x = jnp.mean(x, axis=(1, 2))  # (B, 64k)
-    out["pooled"] = x
+    out["pooled"] = out["pre_logits"] = x
+    if self.num_classes is None:
+      return None, out
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
     # Softmax and the loss run in float32 (float64 in float64 mode), even under bfloat16.
     return x.astype(precision.output_dtype(self.dtype)), out
