@@ -374,7 +374,7 @@ def test_resumed_and_per_process_streams_equal_the_uninterrupted_one(policy, mon
                                 np.concatenate([s["image"] for s in shares]))
 
 
-# --- Config ----------------------------------------------------------------------------------------
+# --- Config --------------------------------------------------------------------------------------
 
 
 def _config(**fields):

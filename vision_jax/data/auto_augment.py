@@ -12,7 +12,7 @@ and the pixel arithmetic of `torchvision.transforms.v2.functional` on uint8 tens
 |---|---|---|
 | identity | - | |
 | shear_x, shear_y | shear factor 0.3 / 0.99 (x' = x - m·y, y' = y - m·x) | yes |
-| translate_x, translate_y | 150/331 of the width (height) / 32 pixels, truncated to whole px | yes |
+| translate_x, translate_y | 150/331 of the width (height) / 32 px, in whole pixels | yes |
 | rotate | 30 / 135 degrees, counter-clockwise about the image centre | yes |
 | brightness, color, contrast, sharpness | factor 1 ± 0.9 / 1 ± 0.99 | yes |
 | posterize | 4 / 2 bits kept (8 at bin 0) | |
@@ -45,6 +45,9 @@ OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
        "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
 GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 _SIGNED = frozenset(GEOMETRIC + ("brightness", "color", "contrast", "sharpness"))
+# The feature-kind helpers of `transforms` (same package).
+_keys_of = transforms._keys_of  # pylint: disable=protected-access
+_reference_size = transforms._reference_size  # pylint: disable=protected-access
 
 
 def magnitudes(policy: str, op: str, size: tuple[int, int]) -> np.ndarray | None:
@@ -66,6 +69,11 @@ def magnitudes(policy: str, op: str, size: tuple[int, int]) -> np.ndarray | None
   if op == "solarize":
     return np.linspace(255.0, 0.0, NUM_BINS)
   return None
+
+
+def _image_keys(example: dict, kinds: transforms.FeatureKinds) -> list[str]:
+  """The features of kind `image` (a feature without a kind is an error naming it)."""
+  return _keys_of(example, kinds, (transforms.IMAGE,))
 
 
 # --- Checks, when the pipeline is built ----------------------------------------------------------
@@ -92,7 +100,7 @@ def check(policy: str, num_ops: int, magnitude: int, kinds: transforms.FeatureKi
 
 def check_images(example: dict, kinds: transforms.FeatureKinds) -> None:
   """Every `image` feature is uint8 with 1 or 3 channels (what the ops are defined on)."""
-  for key in transforms._keys_of(example, kinds, (transforms.IMAGE,)):  # pylint: disable=protected-access
+  for key in _image_keys(example, kinds):
     x = np.asarray(example[key])
     if x.dtype != np.uint8 or not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3))):
       raise errors.UserError(
@@ -232,7 +240,7 @@ def _warp(x: np.ndarray, forward: np.ndarray, fill) -> np.ndarray:
 
 def _move(example: dict, kinds: transforms.FeatureKinds, forward: np.ndarray) -> dict:
   """Every raster and point of `example` through `forward` (in pixels of its first image)."""
-  h, w = transforms._reference_size(example, kinds)  # pylint: disable=protected-access
+  h, w = _reference_size(example, kinds)
   out = dict(example)
   for key, kind in kinds.items():
     if key not in example:
@@ -257,11 +265,11 @@ def apply_op(example: dict, op: str, magnitude: float,
              kinds: transforms.FeatureKinds = transforms.DEFAULT_KINDS) -> dict:
   """`example` through one op at a signed `magnitude` (as `magnitudes` gives, times ±1)."""
   if op in GEOMETRIC:
-    size = transforms._reference_size(example, kinds)  # pylint: disable=protected-access
+    size = _reference_size(example, kinds)
     return _move(example, kinds, affine_matrix(op, magnitude, size))
   fn = _PHOTOMETRIC[op]
   out = dict(example)
-  for key in transforms._keys_of(example, kinds, (transforms.IMAGE,)):  # pylint: disable=protected-access
+  for key in _image_keys(example, kinds):
     x = np.asarray(example[key])
     y = fn(x[..., None] if x.ndim == 2 else x, magnitude)
     out[key] = y[..., 0] if x.ndim == 2 else y
@@ -282,7 +290,7 @@ def augment(example: dict, rng: np.random.Generator, policy: str, num_ops: int =
             magnitude: int = 9, kinds: transforms.FeatureKinds = transforms.DEFAULT_KINDS) -> dict:
   """RandAugment (`num_ops` ops at bin `magnitude`) or TrivialAugment (one op, random bin) of
   one example, drawn from `rng` (grain's per-record generator)."""
-  size = transforms._reference_size(example, kinds)  # pylint: disable=protected-access
+  size = _reference_size(example, kinds)
   wide = policy == TRIVIALAUGMENT
   for _ in range(1 if wide else num_ops):
     op = OPS[rng.integers(len(OPS))]
