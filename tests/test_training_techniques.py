@@ -267,3 +267,79 @@ def test_workdirs_written_before_these_fields_still_load(tmp_path):
   assert config.train.mixup_alpha == 0.0 and config.train.eval_flip is False
   assert config.model.kwargs.hidden == 32
   assert not tasks.get_task(config).mix.enabled
+
+
+# --- Stochastic depth. ---
+
+def test_drop_path_rates_rise_linearly_from_zero_to_the_rate():
+  from vision_jax.models import layers
+  np.testing.assert_allclose(layers.drop_path_rates(0.2, 9), np.linspace(0, 0.2, 9), rtol=1e-12)
+  assert layers.drop_path_rates(0.3, 1) == [0.3]
+
+
+def test_drop_path_drops_whole_branches_per_example():
+  """Each example's branch is either all zeros or all scaled by 1 / (1 - rate)."""
+  from vision_jax.models import layers
+
+  class Branch(nn.Module):
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train):
+      return layers.drop_path(x, self.rate, train)
+
+  x = jax.random.normal(jax.random.key(0), (64, 3, 3, 2)) + 5.0
+  out = Branch(0.25).apply({}, x, train=True, rngs={"dropout": jax.random.key(1)})
+  # Dividing may be compiled as multiplying by 1 / 0.75: an ulp apart, far from 0.
+  kept = np.all(np.isclose(out, np.asarray(x) / 0.75, rtol=1e-6, atol=0), axis=(1, 2, 3))
+  skipped = np.all(np.asarray(out) == 0, axis=(1, 2, 3))
+  assert (kept | skipped).all() and 6 < skipped.sum() < 28  # Whole examples, about a quarter.
+  np.testing.assert_array_equal(Branch(0.25).apply({}, x, train=False), x)
+  np.testing.assert_array_equal(Branch(0.0).apply({}, x, train=True), x)  # No rng needed.
+
+
+@pytest.mark.parametrize("name", ["resnet20", "wrn28_10"])
+def test_stochastic_depth_changes_training_only_and_no_parameters(name):
+  """Same parameter tree with and without; eval and rate 0 are the plain model; in training a
+  rate changes the output, differently for another dropout key."""
+  from vision_jax import models
+  kwargs = ({"stage_sizes": (1, 1, 1), "num_filters": 4} if name == "resnet20" else
+            {"depth": 10, "widen_factor": 1})
+  plain = models.get_model(name, num_classes=3, **kwargs)
+  deep = models.get_model(name, num_classes=3, drop_path_rate=0.5, **kwargs)
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 3))
+  variables = plain.init(jax.random.key(1), x, train=False)
+  assert jax.tree.structure(deep.init(jax.random.key(1), x, train=False)) == jax.tree.structure(
+      variables)
+  # Perturb the zero-initialised last BatchNorm scales, so that the branches matter.
+  variables = jax.tree.map(lambda v: v + 0.1, variables)
+  run = lambda model, train, key: model.apply(  # noqa: E731
+      variables, x, train=train, rngs={"dropout": jax.random.key(key)},
+      mutable=["batch_stats"] if train else False)[0][0] if train else model.apply(
+          variables, x, train=False)[0]
+  np.testing.assert_array_equal(run(deep, False, 0), run(plain, False, 0))
+  assert not np.allclose(run(deep, True, 2), run(plain, True, 2))
+  assert not np.allclose(run(deep, True, 2), run(deep, True, 3))
+  np.testing.assert_array_equal(run(deep, True, 2), run(deep, True, 2))
+
+
+def test_stochastic_depth_resumes_to_the_uninterrupted_run(tmp_path, tiny_shapes_dir):
+  def config(num_steps):
+    c = tiny_config("synthetic_shapes/tiny32", num_steps=num_steps)
+    c.dataset.data_dir, c.dataset.prepare = tiny_shapes_dir, False
+    c.model.name = "resnet20"
+    c.model.kwargs.update(stage_sizes=(1, 1, 1), num_filters=4, drop_path_rate=0.5)
+    c.optim.schedule, c.optim.warmup_steps = "constant", 0
+    return c
+
+  reference = loop.train_and_evaluate(config(4), str(tmp_path / "one_go"))
+  loop.train_and_evaluate(config(2), str(tmp_path / "resumed"))
+  assert loop.train_and_evaluate(config(4), str(tmp_path / "resumed")) == reference
+  restore = lambda run: ocp.StandardCheckpointer().restore(  # noqa: E731
+      str(tmp_path / run / "checkpoints" / "4" / "state"))["params"]
+  for a, b in zip(jax.tree.leaves(restore("one_go")), jax.tree.leaves(restore("resumed")),
+                  strict=True):
+    np.testing.assert_array_equal(a, b)
+  without = config(4)
+  without.model.kwargs.drop_path_rate = 0.0
+  assert loop.train_and_evaluate(without, str(tmp_path / "without")) != reference

@@ -51,3 +51,29 @@ class ConvNormAct(nn.Module):
     if self.act is not None:
       x = self.act(x)
     return x
+
+
+def drop_path(branch: jax.Array, rate: float, train: bool) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016): in training, drops a residual branch for a random
+  `rate` fraction of the examples and scales it by 1 / (1 - rate) for the others; the identity
+  otherwise, and for rate 0 (which then draws no random numbers).
+
+  The per-example mask comes from the `'dropout'` rng, as dropout's does, so it is the same on
+  any number of devices and processes and resumes exactly. Call it inside a compact module.
+
+  Args:
+    branch: (B, ...) the residual branch, before it is added to the shortcut.
+    rate: Probability of dropping it, in [0, 1).
+    train: Whether training.
+  """
+  # Dropout broadcast over every axis but the batch: one keep/drop decision per example.
+  return nn.Dropout(rate, broadcast_dims=tuple(range(1, branch.ndim)), deterministic=not train,
+                    name=None)(branch)
+
+
+def drop_path_rates(max_rate: float, num_blocks: int) -> list[float]:
+  """The linear rule of stochastic depth: 0 for the first residual block rising to `max_rate`
+  for the last (timm's spacing)."""
+  if num_blocks == 1:
+    return [max_rate]
+  return [max_rate * i / (num_blocks - 1) for i in range(num_blocks)]

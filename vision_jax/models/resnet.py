@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_jax.models import precision
-from vision_jax.models.layers import ConvNormAct, ModuleDef
+from vision_jax.models.layers import ConvNormAct, ModuleDef, drop_path, drop_path_rates
 
 
 class BasicBlock(nn.Module):
@@ -28,16 +28,19 @@ class BasicBlock(nn.Module):
     features: Channels of both convolutions and of the output.
     conv_norm: `ConvNormAct` constructor with the conv and norm layers bound.
     strides: Strides of the first convolution (and of the projection shortcut).
+    drop_path_rate: Stochastic depth: probability of dropping the residual branch in training.
   """
 
   features: int
   conv_norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = self.conv_norm(self.features, strides=self.strides, name="conv1")(x)
     y = self.conv_norm(self.features, act=None, zero_init_scale=True, name="conv2")(y)
+    y = drop_path(y, self.drop_path_rate, train)
     shortcut = x
     if shortcut.shape != y.shape:
       shortcut = self.conv_norm(
@@ -52,18 +55,21 @@ class BottleneckBlock(nn.Module):
     features: Channels of the two inner convolutions.
     conv_norm: `ConvNormAct` constructor with the conv and norm layers bound.
     strides: Strides of the 3x3 convolution (v1.5) and of the projection shortcut.
+    drop_path_rate: Stochastic depth: probability of dropping the residual branch in training.
   """
 
   features: int
   conv_norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = self.conv_norm(self.features, kernel_size=(1, 1), name="conv1")(x)
     y = self.conv_norm(self.features, strides=self.strides, name="conv2")(y)
     y = self.conv_norm(
         4 * self.features, kernel_size=(1, 1), act=None, zero_init_scale=True, name="conv3")(y)
+    y = drop_path(y, self.drop_path_rate, train)
     shortcut = x
     if shortcut.shape != y.shape:
       shortcut = self.conv_norm(
@@ -84,6 +90,9 @@ class ResNet(nn.Module):
     block_cls: `BasicBlock` or `BottleneckBlock`.
     num_filters: Filters of the stem and of the first stage (64 for ImageNet, 16 for CIFAR).
     stem: "imagenet" (7x7/2 conv, 3x3/2 max-pool: 4x downsampling) or "cifar" (3x3/1 conv).
+    drop_path_rate: Stochastic depth (Huang et al. 2016): in training, each residual branch is
+      dropped per example with a probability rising linearly from 0 (first block) to this
+      (last block); 0 turns it off. Needs a `'dropout'` rng when > 0.
     bn_axis_name: Device axis over which BatchNorm averages batch statistics (e.g. the pmap or
       shard_map axis); None normalises with each device's local batch.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
@@ -95,6 +104,7 @@ class ResNet(nn.Module):
   block_cls: ModuleDef
   num_filters: int = 64
   stem: Literal["imagenet", "cifar"] = "imagenet"
+  drop_path_rate: float = 0.0
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -134,12 +144,13 @@ class ResNet(nn.Module):
       raise ValueError(f"Unknown stem {self.stem!r}; valid choices: ['cifar', 'imagenet']")
     out["stem"] = x
 
+    rates = iter(drop_path_rates(self.drop_path_rate, sum(self.stage_sizes)))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(
             features=self.num_filters * 2**i, conv_norm=conv_norm, strides=strides,
-            name=f"stage{i + 1}_block{j + 1}")(x)
+            drop_path_rate=next(rates), name=f"stage{i + 1}_block{j + 1}")(x, train)
       out[f"stage{i + 1}"] = x  # (B, H', W', C') with C' = filters (x4 for bottlenecks)
 
     x = jnp.mean(x, axis=(1, 2))  # (B, C')

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_jax.models import precision
-from vision_jax.models.layers import ModuleDef
+from vision_jax.models.layers import ModuleDef, drop_path, drop_path_rates
 
 
 class PreActBlock(nn.Module):
@@ -34,6 +34,7 @@ class PreActBlock(nn.Module):
     norm: BatchNorm constructor.
     strides: Strides of the first convolution (and of the projection shortcut).
     dropout_rate: Dropout between the two convolutions, in training.
+    drop_path_rate: Stochastic depth: probability of dropping the residual branch in training.
   """
 
   features: int
@@ -41,6 +42,7 @@ class PreActBlock(nn.Module):
   norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
   dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -49,6 +51,7 @@ class PreActBlock(nn.Module):
     y = nn.relu(self.norm(name="norm2")(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     y = self.conv(self.features, (3, 3), name="conv2")(y)
+    y = drop_path(y, self.drop_path_rate, train)
     shortcut = x
     if x.shape[-1] != self.features or self.strides != (1, 1):
       shortcut = self.conv(
@@ -68,6 +71,9 @@ class WideResNet(nn.Module):
     widen_factor: k; the stages have 16k, 32k, 64k filters.
     dropout_rate: Dropout between the convolutions of each block, in training (the paper uses
       0.3 in some experiments; 0 by default).
+    drop_path_rate: Stochastic depth (Huang et al. 2016): each residual branch is dropped per
+      example in training with a probability rising linearly from 0 (first block) to this (last
+      block); 0 turns it off.
     bn_axis_name: Device axis over which BatchNorm averages batch statistics; None normalises
       with each device's local batch.
     dtype: Computation dtype (e.g. jnp.bfloat16 for mixed precision).
@@ -78,6 +84,7 @@ class WideResNet(nn.Module):
   depth: int = 28
   widen_factor: int = 10
   dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -116,11 +123,12 @@ class WideResNet(nn.Module):
     out = {}
     x = conv(16, (3, 3), name="stem")(x)  # (B, H, W, 16)
     out["stem"] = x
+    rates = iter(drop_path_rates(self.drop_path_rate, 3 * blocks_per_stage))
     for i, width in enumerate((16, 32, 64)):
       for j in range(blocks_per_stage):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = PreActBlock(width * self.widen_factor, conv, norm, strides, self.dropout_rate,
-                        name=f"stage{i + 1}_block{j + 1}")(x, train)
+                        next(rates), name=f"stage{i + 1}_block{j + 1}")(x, train)
       out[f"stage{i + 1}"] = x
     x = nn.relu(norm(name="final_norm")(x))
     x = jnp.mean(x, axis=(1, 2))  # (B, 64k)
