@@ -16,8 +16,10 @@ def get_config():
   c.model.kwargs.hidden = 256
   c.model.kwargs.dropout_rate = 0.0
   c.input.batch_size = 128
-  c.input.crop_padding = 2
+  # 5 epochs at a high learning rate without crops: >= 95% in about 90 s of a 2-core CPU (README,
+  # "Results"); 10 epochs of 2e-3 with pad-2 crops gave 97.5% in 3 min.
+  c.input.crop_padding = 0
   c.optim.name = "adamw"
-  c.optim.learning_rate = 2e-3
-  c.train.num_epochs = 10
+  c.optim.learning_rate = 5e-3
+  c.train.num_epochs = 5
   return c

@@ -40,6 +40,8 @@ def conv_shapes(model_name: str, batch: int, size: int, channels: int) -> list[d
       padding = module.padding
       if isinstance(padding, str):
         padding = padding.upper()
+        if padding == "SAME" and strides == (1,) * len(ks) and all(k % 2 for k in ks):
+          padding = tuple((k // 2, k // 2) for k in ks)  # The same, written out.
       else:
         padding = tuple(tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in padding)
       calls.append({"input": tuple(x.shape), "kernel": (*ks, x.shape[-1], module.features),
@@ -118,6 +120,40 @@ def time_torch(shape: dict, repeats: int) -> dict | None:
 PASSES = ("forward", "grad_input", "grad_kernel")
 
 
+def time_kernel_grad_variants(shape: dict, repeats: int) -> dict:
+  """The kernel gradient of a stride-1 convolution three ways, in ms: XLA's convolution, nine
+  shifted matmuls (one per kernel tap), and `conv_general_dilated_patches` + one matmul."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(shape["input"]), jnp.float32)
+  kh, kw, cin, cout = shape["kernel"]
+  w = jnp.zeros(shape["kernel"], jnp.float32)
+  padding = shape["padding"]
+  conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+      x, w, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dy = jnp.ones_like(conv(x, w))  # (B, H, W, O)
+  h, w_ = dy.shape[1:3]
+
+  def shifted(x, dy):
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    taps = [jnp.einsum("bhwc,bhwo->co", xp[:, i:i + h, j:j + w_], dy)
+            for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
+
+  def patches(x, dy):
+    p = jax.lax.conv_general_dilated_patches(  # (B, H, W, C * kh * kw), channel-major
+        x, (kh, kw), (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.einsum("bhwk,bhwo->ko", p, dy).reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+  variants = {"xla": jax.jit(lambda x, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
+              "shifted_matmuls": jax.jit(shifted), "patches_matmul": jax.jit(patches)}
+  reference = variants["xla"](x, dy)
+  for name, fn in variants.items():  # The same numbers, to float32 rounding.
+    np.testing.assert_allclose(fn(x, dy), reference, rtol=1e-3, atol=1e-3 * float(
+        jnp.abs(reference).max()))
+  return {name: _median_ms(lambda fn=fn: fn(x, dy).block_until_ready(), repeats)
+          for name, fn in variants.items()}
+
+
 def table(rows: list[dict], totals: dict, header: str) -> str:
   """The Markdown table of per-shape times and count-weighted totals."""
   lines = [header, "",
@@ -154,6 +190,9 @@ def main(argv: list[str]) -> dict:
   parser.add_argument("--channels", type=int, default=3)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--kernel_grad_variants", action="store_true",
+                      help="Also time the kernel gradient of each stride-1 convolution written "
+                      "as shifted matmuls and as patches + matmul.")
   parser.add_argument("--json_out", default=None)
   args = parser.parse_args(argv)
   if not args.skip_torch:
@@ -178,6 +217,17 @@ def main(argv: list[str]) -> dict:
             f"{os.cpu_count()} threads")
   print(table(rows, totals, header))
   result = {"header": header, "rows": rows, "totals": totals}
+  if args.kernel_grad_variants:
+    lines = ["", "Kernel gradient of each stride-1 convolution, written three ways (ms):", "",
+             "| input (B, H, W, C) | kernel | XLA convolution | 9 shifted matmuls | patches + "
+             "matmul |", "|---|---|---:|---:|---:|"]
+    for row in rows:
+      if tuple(row["strides"]) != (1, 1) or isinstance(row["padding"], str):
+        continue
+      row["kernel_grad_variants"] = v = time_kernel_grad_variants(row, args.repeats)
+      lines.append(f"| {row['input']} | {'x'.join(map(str, row['kernel']))} | {v['xla']:.2f} | "
+                   f"{v['shifted_matmuls']:.2f} | {v['patches_matmul']:.2f} |")
+    print("\n".join(lines))
   if args.json_out:
     with open(args.json_out, "w") as f:
       json.dump(result, f, indent=1, default=list)

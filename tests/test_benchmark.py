@@ -75,3 +75,27 @@ def test_pytorch_twin_has_our_parameter_count(name):
       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   assert sum(p.numel() for p in twin.parameters()) == sum(
       x.size for x in jax.tree.leaves(ours["params"]))
+
+
+def test_conv_breakdown_finds_every_convolution_and_times_each_pass(tmp_path):
+  """experiments/conv_breakdown.py on a tiny batch: ResNet-20's convolutions, counted by shape
+  (21 in all: the stem, 18 in the blocks, 2 projections), each pass timed for both frameworks,
+  and the kernel-gradient variants computing the same gradient."""
+  breakdown = shipped.load_module(os.path.join("experiments", "conv_breakdown.py"))
+  shapes = breakdown.conv_shapes("resnet20", batch=2, size=32, channels=3)
+  assert sum(s["count"] for s in shapes) == 21
+  assert {s["kernel"] for s in shapes} >= {(3, 3, 3, 16), (3, 3, 64, 64), (1, 1, 32, 64)}
+  json_out = tmp_path / "conv.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, os.path.join(shipped.REPO, "experiments", "conv_breakdown.py"),
+             "--model=simple_cnn", "--batch_size=2", "--repeats=1", "--kernel_grad_variants",
+             f"--json_out={json_out}"]
+  out = subprocess.run(command, env=env, check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  result = json.loads(json_out.read_text())
+  assert len(result["rows"]) == 2  # SimpleCNN: conv1 and conv2, "SAME" padded.
+  for row in result["rows"]:
+    assert all(row["jax"][p] > 0 for p in breakdown.PASSES)
+    assert set(row["kernel_grad_variants"]) == {"xla", "shifted_matmuls", "patches_matmul"}
+  assert "All convolution passes of one train step: JAX" in out
+  assert "Kernel gradient of each stride-1 convolution" in out

@@ -308,3 +308,21 @@ def test_summary_counts_parameters_and_flops():
   assert 0.9 < stats.flops_per_image / by_hand < 1.1
   text = summary.summary("mlp", image_size=8, num_classes=10)
   assert "GFLOPs per image" in text and "Dense" in text
+
+
+def test_simple_cnn_batch_norm_option_adds_statistics_and_drops_conv_biases():
+  """`batch_norm=True`: conv biases go (the norm's offset replaces them), each conv gets a
+  BatchNorm with running statistics; evaluation normalises an example the same whatever else
+  is in its batch, training with the batch's statistics does not."""
+  plain = models.get_model("simple_cnn", num_classes=3)
+  normed = models.get_model("simple_cnn", num_classes=3, batch_norm=True)
+  x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+  assert "bias" in plain.init(jax.random.key(1), x)["params"]["conv1"]
+  variables = normed.init(jax.random.key(1), x)
+  assert "bias" not in variables["params"]["conv1"]
+  assert set(variables["batch_stats"]) == {"norm1", "norm2"}
+  alone = normed.apply(variables, x[:1], train=False)[0]
+  np.testing.assert_allclose(normed.apply(variables, x, train=False)[0][:1], alone, rtol=1e-5,
+                             atol=1e-6)
+  (train_out, _), _ = normed.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert not np.allclose(train_out[:1], alone, atol=1e-3)
