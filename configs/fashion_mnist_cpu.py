@@ -1,11 +1,13 @@
-"""Fashion-MNIST on a CPU: as accurate as 15 minutes of this project's 2-core CPU allow.
+"""Fashion-MNIST on a CPU: the most accurate recipe found for this project's 2-core CPU in 15 min.
 
     python -m vision_jax.main --config=configs/fashion_mnist_cpu.py --workdir=runs/fmnist_cpu
 
-ResNet-20 (BatchNorm, the CIFAR stem) for 4 epochs at batch 256: SGD with Nesterov momentum,
-a short warmup and a cosine decay to 0, label smoothing, pad-2 crops and flips, and test-time
-flip averaging. Measured numbers and the command that gives them: README, "Fashion-MNIST".
-Reads /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist).
+A 3-stage simple CNN (3x3 convolutions of 32, 64, 128 channels, each followed by 2x2 max
+pooling, a 256-wide hidden layer with dropout 0.3) for 14 epochs at batch 256: AdamW 3e-3 with
+warmup and a cosine decay, label smoothing 0.1, pad-2 crops and flips, test-time flip averaging.
+Measured: 93.16% in 11 min 13 s (README, "Fashion-MNIST"), short of the 94% goal; ResNet-20 for 4
+epochs in the same budget gave 91.4%. Reads /usr/share/datasets/fashion-mnist (Debian's
+dataset-fashion-mnist).
 """
 
 from vision_jax.config import base_config
@@ -21,15 +23,18 @@ def get_config():
   c.input.crop_padding = 2
   c.input.mean = (0.286,)
   c.input.std = (0.353,)
-  c.model.name = "resnet20"
-  c.optim.name = "sgd"
-  c.optim.learning_rate = 0.2
-  c.optim.weight_decay = 5e-4
-  c.optim.warmup_steps = 100
-  c.train.num_epochs = 4
+  c.model.name = "simple_cnn"
+  c.model.kwargs.features = (32, 64, 128)
+  c.model.kwargs.hidden = 256
+  c.model.kwargs.dropout_rate = 0.3
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 3e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.warmup_steps = 200
+  c.train.num_epochs = 14
   c.train.label_smoothing = 0.1
   c.train.eval_flip = True
-  c.train.eval_every = 235  # About one epoch (234.4 steps): the accuracy-against-time curve.
-  c.train.checkpoint_every = 235
+  c.train.eval_every = 469  # Every 2 epochs (234.4 steps each): the accuracy-against-time curve.
+  c.train.checkpoint_every = 469
   c.train.best_metric = "accuracy"
   return c

@@ -99,3 +99,29 @@ def test_conv_breakdown_finds_every_convolution_and_times_each_pass(tmp_path):
     assert set(row["kernel_grad_variants"]) == {"xla", "shifted_matmuls", "patches_matmul"}
   assert "All convolution passes of one train step: JAX" in out
   assert "Kernel gradient of each stride-1 convolution" in out
+
+
+def test_pipeline_benchmark_tiny_mode_prints_every_row():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, os.path.join(shipped.REPO, "experiments", "pipeline_benchmark.py"),
+             "--tiny", "--workers=1", "--jpeg_size=64,80"]
+  out = subprocess.run(command, env=env, check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+  assert len(rows) == 5  # The header, two small-image rows, JPEG in main and in a worker.
+  assert "JPEG" in rows[3] and "1 workers" in rows[4]
+  assert "waiting for input" in out
+
+
+def test_accuracy_vs_time_reads_the_eval_scalars_of_a_workdir(tmp_path):
+  from vision_jax.train import metric_writer
+  writer = metric_writer.MetricWriter(str(tmp_path), start_step=0)
+  for step, accuracy in ((10, 0.5), (20, 0.75)):
+    writer.write(step, "eval", {"accuracy": accuracy})
+  writer.close()
+  plot = shipped.load_module(os.path.join("experiments", "accuracy_vs_time.py"))
+  points = plot.eval_accuracy_over_time(str(tmp_path))
+  assert [(step, value) for _, step, value in points] == [(10, 0.5), (20, 0.75)]
+  assert all(seconds >= 0 for seconds, _, _ in points)
+  out = plot.main([str(tmp_path), "--target=0.94", f"--out={tmp_path / 'a.png'}"])
+  assert os.path.getsize(out) > 0
