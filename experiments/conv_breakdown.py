@@ -36,7 +36,8 @@ def conv_shapes(model_name: str, batch: int, size: int, channels: int) -> list[d
     if isinstance(module, nn.Conv) and context.method_name == "__call__":
       x = args[0]
       ks = tuple(module.kernel_size)
-      strides = tuple(module.strides or (1,) * len(ks))
+      strides = module.strides or 1
+      strides = (strides,) * len(ks) if isinstance(strides, int) else tuple(strides)
       padding = module.padding
       if isinstance(padding, str):
         padding = padding.upper()

@@ -19,7 +19,8 @@ from test_builders import _fake_fashion_mnist
 def test_recipe_trains_a_few_steps_with_all_its_techniques(name, shrink, tmp_path):
   """Everything the recipe switches on (crops, flips, random erasing, EMA and raw evals, flip
   averaging, bf16 where set) runs; only the network and batch are shrunk."""
-  _fake_fashion_mnist(tmp_path / "raw", n_train=32, n_test=12)
+  (tmp_path / "raw").mkdir()
+  _fake_fashion_mnist(str(tmp_path / "raw"), n_train=32, n_test=12)
   c = shipped.load_config(name)
   c.dataset.manual_dir = str(tmp_path / "raw")
   c.dataset.data_dir = str(tmp_path / "tfds")
