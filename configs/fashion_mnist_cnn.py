@@ -7,18 +7,14 @@ Reads /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist); point
 runs this and prints the test accuracy.
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 
 
 def get_config():
   c = base_config()
-  c.dataset.name = "fashion_mnist_local"
-  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
-  c.dataset.in_memory = True  # 55 MB decoded.
-  c.input.batch_size = 128
+  recipes.fashion_mnist(c, batch_size=128)
   c.input.crop_padding = 0  # Flips only: for a short CPU run, crops cost more than they give.
-  c.input.mean = (0.286,)
-  c.input.std = (0.353,)
   c.model.name = "simple_cnn"
   c.model.kwargs.hidden = 256
   c.model.kwargs.dropout_rate = 0.3

@@ -10,19 +10,14 @@ epochs in the same budget gave 91.4%. Reads /usr/share/datasets/fashion-mnist (D
 dataset-fashion-mnist).
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 
 
 def get_config():
   c = base_config()
-  c.dataset.name = "fashion_mnist_local"
-  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
-  c.dataset.in_memory = True  # 55 MB decoded.
-  c.input.batch_size = 256
-  c.input.eval_batch_size = 1000
+  recipes.fashion_mnist(c, batch_size=256)
   c.input.crop_padding = 2
-  c.input.mean = (0.286,)
-  c.input.std = (0.353,)
   c.model.name = "simple_cnn"
   c.model.kwargs.features = (32, 64, 128)
   c.model.kwargs.hidden = 256

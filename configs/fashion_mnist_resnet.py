@@ -6,19 +6,14 @@
 On a CPU it runs too, only slowly. The argument after ':' picks the ResNet depth.
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 
 
 def get_config(model: str = "resnet20"):
   c = base_config()
-  c.dataset.name = "fashion_mnist_local"
-  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
-  c.dataset.in_memory = True  # 55 MB decoded.
-  c.input.batch_size = 256
-  c.input.eval_batch_size = 1000
+  recipes.fashion_mnist(c, batch_size=256)
   c.input.crop_padding = 2
-  c.input.mean = (0.286,)
-  c.input.std = (0.353,)
   c.model.name = model
   c.model.dtype = "bfloat16"
   c.optim.name = "sgd"

@@ -10,20 +10,15 @@ test-time flip averaging and an EMA of the weights (both it and the raw weights 
 Not yet measured: no GPU was lent so far (README, "Fashion-MNIST"); on a CPU it runs, slowly.
 """
 
+from vision_jax import recipes
 from vision_jax.config import base_config
 
 
 def get_config(model: str = "wrn40_4"):
   c = base_config()
-  c.dataset.name = "fashion_mnist_local"
-  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
-  c.dataset.in_memory = True  # 55 MB decoded.
-  c.input.batch_size = 128
-  c.input.eval_batch_size = 1000
+  recipes.fashion_mnist(c, batch_size=128)
   c.input.crop_padding = 2
   c.input.random_erasing = 0.5
-  c.input.mean = (0.286,)
-  c.input.std = (0.353,)
   c.model.name = model
   c.model.dtype = "bfloat16"
   c.optim.name = "sgd"

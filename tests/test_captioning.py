@@ -12,7 +12,6 @@ import math
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +27,7 @@ from vision_jax.models.captioner import CaptionDecoder, Captioner, attention_pen
 from vision_jax.text.tokenizer import Vocabulary, split_words
 
 import shipped
+from user_backbone import UserBackbone
 
 
 def _key(seed: int) -> jax.Array:
@@ -277,30 +277,15 @@ def test_caption_decoder_on_any_vector_or_grid():
     jax.eval_shape(decoder.init, _key(0), vector, tokens)
 
 
-class _UserBackbone(nn.Module):
-  """A backbone of one's own (not registered), following the contract."""
-  num_classes: int | None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.relu(nn.Conv(8, (3, 3), (4, 4), dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="conv")(x))  # (B, H / 4, W / 4, 8)
-    features = {"stage1": x, "pre_logits": x.mean(axis=(1, 2))}
-    if self.num_classes is None:
-      return None, features
-    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
-
-
 @pytest.mark.parametrize("feature, attention", [("stage1", True), ("pre_logits", False)])
 def test_captioner_trains_on_a_user_backbone(feature, attention):
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
   tokens = jnp.asarray(rng.integers(1, 11, (2, 5)), jnp.int32)
-  model = _captioner(backbone=_UserBackbone, feature=feature, attention=attention)
+  model = _captioner(backbone=functools.partial(UserBackbone, num_stages=1), feature=feature,
+                     attention=attention)
   params = jax.jit(model.init)(_key(0), images, tokens[:, :-1])["params"]
-  assert set(params["encoder"]) == {"conv"}
+  assert set(params["encoder"]) == {"conv1"}
 
   @jax.jit
   def loss_and_grads(params):

@@ -3,11 +3,9 @@ R-CNN shapes and static compilation, boxes through the data pipeline, end to end
 
 import contextlib
 import io
-from typing import Any
 
 import chex
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +25,7 @@ from vision_jax.tasks import detection
 from vision_jax.train import loop
 
 import shipped
+from user_backbone import UserBackbone
 
 
 
@@ -394,26 +393,7 @@ def test_faster_rcnn_shapes_in_training_and_evaluation(backbone):
   assert all(v.shape == () for v in losses.values())
 
 
-class _UserBackbone(nn.Module):
-  """A backbone of one's own (not registered): stages at strides 2, 4 and 8."""
-  num_classes: int | None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    features = {}
-    for k in (1, 2, 3):
-      x = nn.relu(nn.Conv(8, (3, 3), (2, 2), dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=f"conv{k}")(x))
-      features[f"stage{k}"] = x  # (B, H / 2**k, W / 2**k, 8)
-    features["pre_logits"] = x.mean(axis=(1, 2))
-    if self.num_classes is None:
-      return None, features
-    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
-
-
-@pytest.mark.parametrize("backbone", [_UserBackbone, _UserBackbone(num_classes=None)],
+@pytest.mark.parametrize("backbone", [UserBackbone, UserBackbone(num_classes=None)],
                          ids=["class", "module"])
 def test_faster_rcnn_on_a_user_backbone(backbone):
   model = faster_rcnn.FasterRCNN(num_classes=3, **{**SMALL, "backbone": backbone,

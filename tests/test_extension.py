@@ -8,8 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,39 +15,29 @@ from vision_jax import config as config_lib
 from vision_jax import errors, models, tasks
 from vision_jax.train import loop
 
+from user_backbone import UserBackbone
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class _Tiny(nn.Module):
-  num_classes: int | None
-  width: int = 4
-  dtype: object = jnp.float32
-  param_dtype: object = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.relu(nn.Conv(self.width, (3, 3), name="conv")(x)).mean(axis=(1, 2))
-    if self.num_classes is None:
-      return None, {"pre_logits": x}
-    return nn.Dense(self.num_classes, name="head")(x), {"pre_logits": x}
-
-
-class _OtherTiny(_Tiny):
+class _OtherBackbone(UserBackbone):
   pass
 
 
 def test_registered_model_is_built_by_name_and_checked_like_a_built_in():
-  assert models.register("test_tiny")(_Tiny) is _Tiny  # A decorator that returns the class.
+  # A decorator that returns the class.
+  assert models.register("test_tiny")(UserBackbone) is UserBackbone
   model = models.get_model("test_tiny", num_classes=3, width=2)
-  assert isinstance(model, _Tiny) and model.width == 2
-  assert models.model_fields("test_tiny") == ("width",)
-  with pytest.raises(errors.UserError, match="has no field depth; its fields: width"):
+  assert isinstance(model, UserBackbone) and model.width == 2
+  assert models.model_fields("test_tiny") == ("num_stages", "width")
+  with pytest.raises(errors.UserError, match="has no field depth; its fields: num_stages, width"):
     models.get_model("test_tiny", num_classes=3, depth=2)
-  models.register("test_tiny", _Tiny)  # The same class again (a module imported twice): fine.
-  with pytest.raises(ValueError, match="'test_tiny' is taken by .*_Tiny; register .*_OtherTiny"):
-    models.register("test_tiny", _OtherTiny)
+  models.register("test_tiny", UserBackbone)  # The same class again (imported twice): fine.
+  with pytest.raises(ValueError,
+                     match="'test_tiny' is taken by .*UserBackbone; register .*_OtherBackbone"):
+    models.register("test_tiny", _OtherBackbone)
   with pytest.raises(ValueError, match="without spaces"):
-    models.register("two words", _OtherTiny)
+    models.register("two words", _OtherBackbone)
 
 
 @pytest.mark.parametrize("lookup, message", [

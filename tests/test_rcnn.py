@@ -1,9 +1,9 @@
 """R-CNN: warped crops, proposal labels and sampling, model outputs, loss, detection, training."""
 
+import functools
 import json
 import math
 import os
-from typing import Any
 
 import flax
 import flax.linen as nn
@@ -15,6 +15,7 @@ import pytest
 from vision_jax.models import rcnn
 
 import shipped
+from user_backbone import UserBackbone
 
 TINY_CNN = flax.core.FrozenDict(features=(8, 16), hidden=32)
 
@@ -163,28 +164,14 @@ def test_region_features_are_the_backbones_pre_logits_fc7_for_vgg():
   assert params["cls_score"]["kernel"].shape == (7 * 7 * 16, 4)
 
 
-class _UserBackbone(nn.Module):
-  """A backbone of one's own (not registered)."""
-  num_classes: int | None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    x = nn.relu(nn.Conv(4, (3, 3), (2, 2), name="conv")(x))
-    features = {"stage1": x, "pre_logits": x.reshape(x.shape[0], -1)}  # (B, D)
-    if self.num_classes is None:
-      return None, features
-    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
-
-
 def test_rcnn_on_a_user_backbone():
-  model = rcnn.RCNN(num_classes=2, backbone=_UserBackbone)
+  model = rcnn.RCNN(num_classes=2,
+                    backbone=functools.partial(UserBackbone, num_stages=1, width=4))
   crops = jnp.ones((2, 3, 8, 8, 3))
   (logits, deltas), variables = jax.eval_shape(
       lambda x: model.init_with_output(jax.random.key(0), x), crops)
-  assert set(variables["params"]["backbone"]) == {"conv"}
-  assert variables["params"]["cls_score"]["kernel"].shape == (4 * 4 * 4, 3)
+  assert set(variables["params"]["backbone"]) == {"conv1"}
+  assert variables["params"]["cls_score"]["kernel"].shape == (4, 3)  # pre_logits: (B, 4).
   assert logits.shape == (2, 3, 3) and deltas.shape == (2, 3, 2, 4)
 
 

@@ -1,5 +1,6 @@
 """Semantic segmentation: FCN shapes and upsampling, loss, exact mIoU, data, end to end."""
 
+import functools
 import gzip
 import os
 import struct
@@ -22,6 +23,7 @@ from vision_jax.tasks import segmentation
 from vision_jax.train import loop, parallel
 
 import shipped
+from user_backbone import UserBackbone
 
 SMALL_VGG = ("vgg11_bn", {"widths": (8, 8, 16, 16, 16)})
 SMALL_RESNET = ("resnet18", {"num_filters": 8})
@@ -118,27 +120,8 @@ def test_fcn_head_on_hand_made_maps():
     head.apply(variables, {32: maps[32], 16: maps[16]}, (64, 96))
 
 
-class _UserBackbone(nn.Module):
-  """A backbone of one's own (not registered): stride-2 convolutions, stages at 2 .. 32."""
-  num_classes: int | None
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    features = {}
-    for k in range(1, 6):
-      x = nn.relu(nn.Conv(4 * k, (3, 3), (2, 2), dtype=self.dtype,
-                          param_dtype=self.param_dtype, name=f"conv{k}")(x))
-      features[f"stage{k}"] = x  # (B, H / 2**k, W / 2**k, 4k)
-    features["pre_logits"] = x.mean(axis=(1, 2))
-    if self.num_classes is None:
-      return None, features
-    return nn.Dense(self.num_classes, name="head")(features["pre_logits"]), features
-
-
-@pytest.mark.parametrize("backbone", [_UserBackbone, _UserBackbone(num_classes=None)],
+@pytest.mark.parametrize("backbone", [functools.partial(UserBackbone, num_stages=5),
+                                      UserBackbone(num_classes=None, num_stages=5)],
                          ids=["class", "module"])
 def test_fcn_on_a_user_backbone(backbone):
   model = fcn.FCN(num_classes=3, backbone=backbone, variant="8s")
@@ -155,7 +138,8 @@ def test_fcn_on_a_user_backbone(backbone):
   grads = jax.jit(jax.grad(loss))(variables["params"])
   assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads))
   with pytest.raises(ValueError, match="num_classes=None"):
-    fcn.FCN(num_classes=3, backbone=_UserBackbone(num_classes=4)).init(jax.random.key(0), images)
+    fcn.FCN(num_classes=3, backbone=UserBackbone(num_classes=4, num_stages=5)).init(
+        jax.random.key(0), images)
 
 
 def test_bilinear_kernel_known_values():

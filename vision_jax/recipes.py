@@ -15,6 +15,7 @@ from vision_jax.errors import UserError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,), (0.353,)
 
 # ImageNet-style families: global batch size, SGD learning rate per 256 images, weight decay,
 # epochs. AlexNet and VGG as their papers trained them (0.01, decay 5e-4), GoogLeNet and ResNet
@@ -34,6 +35,17 @@ def _family(model: str) -> str:
       return family
   raise UserError(f"No ImageNet recipe for model {model!r}; valid choices: names starting "
                   f"with {sorted(_FAMILY_RECIPES)}.")
+
+
+def fashion_mnist(c: ml_collections.ConfigDict, batch_size: int) -> None:
+  """Real Fashion-MNIST from Debian's dataset-fashion-mnist files, decoded into memory (55 MB),
+  normalised with its statistics, evaluated 1000 images at a time."""
+  c.dataset.name = "fashion_mnist_local"
+  c.dataset.manual_dir = "/usr/share/datasets/fashion-mnist"
+  c.dataset.in_memory = True
+  c.input.batch_size = batch_size
+  c.input.eval_batch_size = 1000
+  c.input.mean, c.input.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 
 def inception_crop_input(c: ml_collections.ConfigDict, image_size: int = 224) -> None:
