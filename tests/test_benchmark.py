@@ -68,13 +68,17 @@ def test_unknown_model_is_one_line_naming_the_valid_choices():
 
 @pytest.mark.parametrize("name", ["simple_cnn", "resnet20", "resnet56"])
 def test_pytorch_twin_has_our_parameter_count(name):
-  torch_side = shipped.load_module(os.path.join("experiments", "benchmark_torch.py"))
-  twin = torch_side.network(name, num_classes=10, image_size=32, channels=3)
+  # PyTorch in a process of its own: imported into one where TensorFlow already is (TensorBoard
+  # imports it when installed, as in the test extras), it can crash.
+  count = subprocess.run(
+      [sys.executable, "-c", "import sys; sys.path.insert(0, 'experiments'); import benchmark_torch;"
+       f" print(sum(p.numel() for p in benchmark_torch.network({name!r}, num_classes=10, "
+       "image_size=32, channels=3).parameters()))"],
+      cwd=shipped.REPO, check=True, capture_output=True, text=True, timeout=300).stdout
   ours = jax.eval_shape(
       lambda x: models.get_model(name, num_classes=10).init(jax.random.key(0), x, train=False),
       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  assert sum(p.numel() for p in twin.parameters()) == sum(
-      x.size for x in jax.tree.leaves(ours["params"]))
+  assert int(count.split()[-1]) == sum(x.size for x in jax.tree.leaves(ours["params"]))
 
 
 def test_conv_breakdown_finds_every_convolution_and_times_each_pass(tmp_path):

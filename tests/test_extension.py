@@ -24,6 +24,13 @@ class _OtherBackbone(UserBackbone):
   pass
 
 
+@pytest.fixture(autouse=True)
+def _registries_restored(monkeypatch):
+  """What a test registers is gone after it (other tests list the zoo)."""
+  monkeypatch.setattr(models.MODELS, "_entries", dict(models.MODELS._entries))
+  monkeypatch.setattr(tasks.TASKS, "_entries", dict(tasks.TASKS._entries))
+
+
 def test_registered_model_is_built_by_name_and_checked_like_a_built_in():
   # A decorator that returns the class.
   assert models.register("test_tiny")(UserBackbone) is UserBackbone

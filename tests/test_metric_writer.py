@@ -2,6 +2,7 @@
 own reader), Weights & Biases (a stand-in module records the calls)."""
 
 import json
+import time
 import sys
 import types
 
@@ -47,6 +48,10 @@ def test_a_resumed_writer_makes_tensorboard_drop_the_steps_it_rewrites(tmp_path)
   for step in (1, 2, 3, 4):
     writer.write(step, "train", {"loss": float(step)})
   writer.close()  # Killed after step 4; the checkpoint was at step 2.
+  # TensorBoard reads event files in name order: creation second, host, process, then a counter
+  # of the writers this process made, as text ("10" < "9"). A resumed run starts seconds later
+  # in a new process; here, in one process, wait for the next second as that run would.
+  time.sleep(1.1)
   writer = metric_writer.MetricWriter(str(tmp_path), start_step=2)
   for step in (3, 4):
     writer.write(step, "train", {"loss": 10.0 * step})
