@@ -51,7 +51,7 @@ _TINY = {"batch_size": 8, "steps": 2, "warmup": 1}
 _FULL = {"batch_size": 128, "steps": 30, "warmup": 8}  # warmup as torch_resnet50.py's WARM.
 
 
-def _optimizer() -> optax.GradientTransformation:
+def optimizer() -> optax.GradientTransformation:
   """torch.optim.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-5)."""
   return optax.chain(optax.add_decayed_weights(WEIGHT_DECAY),
                      optax.sgd(0.1, momentum=0.9, nesterov=True))
@@ -101,7 +101,7 @@ def measure_jax(args) -> tuple[dict, float | None]:
     model = model.clone(bn_axis_name=parallel.PMAP_AXIS)
   shape = (args.image_size, args.image_size, args.channels)
   task = tasks.ClassificationTask()
-  state = create_train_state(model, _optimizer(), jax.random.key(0), shape, mesh, use_ema=False)
+  state = create_train_state(model, optimizer(), jax.random.key(0), shape, mesh, use_ema=False)
   rng = np.random.default_rng(0)
   batch = {"image": rng.normal(size=(args.batch_size, *shape)).astype(np.float32),
            "label": rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32)}

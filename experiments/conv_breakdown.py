@@ -1,4 +1,4 @@
-"""Where a CPU train step's time goes: every convolution of a model, its three passes, JAX vs PyTorch.
+"""Where a CPU train step's time goes: every convolution of a model, 3 passes, JAX vs PyTorch.
 
     python experiments/conv_breakdown.py --model=resnet20 --batch_size=128 --image_size=32
 

@@ -109,7 +109,7 @@ def step_vs_input(model: str, shape, batch_size: int, num_batches: int) -> dict:
 
   net = models.get_model(model, num_classes=10)
   mesh = parallel.make_mesh()
-  state = create_train_state(net, benchmark._optimizer(), jax.random.key(0), shape, mesh,
+  state = create_train_state(net, benchmark.optimizer(), jax.random.key(0), shape, mesh,
                              use_ema=False)
   task = tasks.ClassificationTask()
   compiled = steps.compile_steps(mesh, state, task, strategy="jit")

@@ -71,7 +71,8 @@ def test_pytorch_twin_has_our_parameter_count(name):
   # PyTorch in a process of its own: imported into one where TensorFlow already is (TensorBoard
   # imports it when installed, as in the test extras), it can crash.
   count = subprocess.run(
-      [sys.executable, "-c", "import sys; sys.path.insert(0, 'experiments'); import benchmark_torch;"
+      [sys.executable, "-c", "import sys; sys.path.insert(0, 'experiments'); "
+       "import benchmark_torch;"
        f" print(sum(p.numel() for p in benchmark_torch.network({name!r}, num_classes=10, "
        "image_size=32, channels=3).parameters()))"],
       cwd=shipped.REPO, check=True, capture_output=True, text=True, timeout=300).stdout

@@ -240,14 +240,12 @@ def import_modules(names, field: str = "config.imports") -> None:
   Every entry point calls it before it reads a registry.
 
   Args:
-    names: module names, e.g. ("my_paper.models",); None or () imports nothing (workdirs
-      written before the field existed have none).
+    names: module names, e.g. ("my_paper.models",); () imports nothing.
     field: where the names come from, for messages.
 
   Raises:
     UserError: for a module that cannot be imported, naming it and PYTHONPATH.
   """
-  names = names or ()
   if isinstance(names, str):
     raise UserError(f"{field}={names!r} must be a tuple of module names, e.g. ({names!r},).")
   for name in names:

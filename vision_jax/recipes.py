@@ -123,9 +123,9 @@ def small_captioner(c: ml_collections.ConfigDict, variant: str) -> None:
 
 def small_detector(c: ml_collections.ConfigDict) -> None:
   """A CPU-sized Faster R-CNN for 64x64 scenes of up to 3 objects: letterbox to 64, flips only
-  (objects fill the small scenes: crops would cut them), a narrow VGG-11-BN read at strides 4 and 8, a small
-  RPN and box head, AdamW, mAP@.5 as the best metric. The caller sets the dataset, the anchor
-  sizes and the schedule."""
+  (objects fill the small scenes: crops would cut them), a narrow VGG-11-BN read at strides 4
+  and 8, a small RPN and box head, AdamW, mAP@.5 as the best metric. The caller sets the
+  dataset, the anchor sizes and the schedule."""
   c.task = "detection"
   c.dataset.in_memory = True
   c.input.image_size = 64

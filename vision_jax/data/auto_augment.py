@@ -45,9 +45,6 @@ OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
        "color", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize")
 GEOMETRIC = ("shear_x", "shear_y", "translate_x", "translate_y", "rotate")
 _SIGNED = frozenset(GEOMETRIC + ("brightness", "color", "contrast", "sharpness"))
-# The feature-kind helpers of `transforms` (same package).
-_keys_of = transforms._keys_of  # pylint: disable=protected-access
-_reference_size = transforms._reference_size  # pylint: disable=protected-access
 
 
 def magnitudes(policy: str, op: str, size: tuple[int, int]) -> np.ndarray | None:
@@ -73,7 +70,7 @@ def magnitudes(policy: str, op: str, size: tuple[int, int]) -> np.ndarray | None
 
 def _image_keys(example: dict, kinds: transforms.FeatureKinds) -> list[str]:
   """The features of kind `image` (a feature without a kind is an error naming it)."""
-  return _keys_of(example, kinds, (transforms.IMAGE,))
+  return transforms.keys_of(example, kinds, (transforms.IMAGE,))
 
 
 # --- Checks, when the pipeline is built ----------------------------------------------------------
@@ -240,7 +237,7 @@ def _warp(x: np.ndarray, forward: np.ndarray, fill) -> np.ndarray:
 
 def _move(example: dict, kinds: transforms.FeatureKinds, forward: np.ndarray) -> dict:
   """Every raster and point of `example` through `forward` (in pixels of its first image)."""
-  h, w = _reference_size(example, kinds)
+  h, w = transforms.reference_size(example, kinds)
   out = dict(example)
   for key, kind in kinds.items():
     if key not in example:
@@ -251,10 +248,10 @@ def _move(example: dict, kinds: transforms.FeatureKinds, forward: np.ndarray) ->
       scale = np.array([x.shape[0] / h, x.shape[1] / w])
       own = np.column_stack([forward[:, :2] * scale[:, None] / scale[None, :],
                              forward[:, 2] * scale])
-      out[key] = _warp(x, own, 0 if kind == transforms.IMAGE else transforms.MASK_FILL)
+      out[key] = _warp(x, own, transforms.fill_value(kind))
     elif kind == transforms.POINTS:
       moved = x.astype(np.float64) @ forward[:, :2].T + forward[:, 2]
-      out[key] = moved.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
+      out[key] = moved.astype(transforms.coordinate_dtype(x))
     elif kind == transforms.BOXES:
       raise errors.UserError(f"Feature {key!r} (kind 'boxes') cannot follow a rotation or "
                              "shear exactly; set config.input.auto_augment=''.")
@@ -265,7 +262,7 @@ def apply_op(example: dict, op: str, magnitude: float,
              kinds: transforms.FeatureKinds = transforms.DEFAULT_KINDS) -> dict:
   """`example` through one op at a signed `magnitude` (as `magnitudes` gives, times ±1)."""
   if op in GEOMETRIC:
-    size = _reference_size(example, kinds)
+    size = transforms.reference_size(example, kinds)
     return _move(example, kinds, affine_matrix(op, magnitude, size))
   fn = _PHOTOMETRIC[op]
   out = dict(example)
@@ -290,7 +287,7 @@ def augment(example: dict, rng: np.random.Generator, policy: str, num_ops: int =
             magnitude: int = 9, kinds: transforms.FeatureKinds = transforms.DEFAULT_KINDS) -> dict:
   """RandAugment (`num_ops` ops at bin `magnitude`) or TrivialAugment (one op, random bin) of
   one example, drawn from `rng` (grain's per-record generator)."""
-  size = _reference_size(example, kinds)
+  size = transforms.reference_size(example, kinds)
   wide = policy == TRIVIALAUGMENT
   for _ in range(1 if wide else num_ops):
     op = OPS[rng.integers(len(OPS))]

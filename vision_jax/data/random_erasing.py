@@ -45,7 +45,7 @@ def sample(example: dict, rng: np.random.Generator, probability: float,
            kinds: transforms.FeatureKinds = transforms.DEFAULT_KINDS) -> dict:
   """Draws one example's rectangle: adds `erase_box` (4,) int64 (top, left, height, width; all
   0: not erased) and `erase_seed` (uint64) of its noise."""
-  h, w = transforms._reference_size(example, kinds)  # pylint: disable=protected-access
+  h, w = transforms.reference_size(example, kinds)
   box = np.zeros(4, np.int64)
   seed = np.uint64(0)
   if rng.random() < probability:

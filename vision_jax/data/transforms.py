@@ -74,18 +74,24 @@ def _kind(kinds: FeatureKinds, key: str) -> str:
   return kinds[key]
 
 
-def _keys_of(example: dict, kinds: FeatureKinds, wanted: tuple[str, ...]) -> list[str]:
+def keys_of(example: dict, kinds: FeatureKinds, wanted: tuple[str, ...]) -> list[str]:
   """The features of `example` whose kind is in `wanted` (every feature must have a kind)."""
   return [k for k in example if _kind(kinds, k) in wanted]
 
 
-def _reference_size(example: dict, kinds: FeatureKinds, batched: bool = False) -> tuple[int, int]:
+def reference_size(example: dict, kinds: FeatureKinds, batched: bool = False) -> tuple[int, int]:
   """(H, W) of the first `image` feature: the pixels that boxes and points are in."""
   for key in example:
     if _kind(kinds, key) == "image":
       return example[key].shape[1:3] if batched else example[key].shape[:2]
   raise errors.UserError(f"Features {list(example)} have no feature of kind 'image' that boxes "
                          "and points could be pixels of; declare one in `feature_kinds`.")
+
+
+def fill_value(kind: str) -> int:
+  """What a raster holds where a geometric op leaves no pixel: 0 in images, `MASK_FILL` in
+  masks."""
+  return 0 if kind == IMAGE else MASK_FILL
 
 
 def select(example: dict, keys: Sequence[str]) -> dict:
@@ -101,7 +107,8 @@ def _real(boxes: np.ndarray) -> np.ndarray:
   return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
 
 
-def _float(x: np.ndarray) -> np.dtype:
+def coordinate_dtype(x: np.ndarray) -> np.dtype:
+  """The dtype of moved boxes or points: their own when floating, else float32."""
   return x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float32)
 
 
@@ -113,11 +120,12 @@ def _affine(x: np.ndarray, kind: str, scale: np.ndarray, shift: np.ndarray,
   the output and become all-zero rows where nothing is left; padding boxes stay as they are.
   """
   if kind == "points":
-    return (x.astype(np.float64) * scale + shift).astype(_float(x))
+    return (x.astype(np.float64) * scale + shift).astype(coordinate_dtype(x))
   scale4, shift4 = np.concatenate([scale, scale], -1), np.concatenate([shift, shift], -1)
   moved = np.clip(x.astype(np.float64) * scale4 + shift4, 0, np.float64([*size, *size]))
   real = _real(x)[..., None]
-  return np.where(real & _real(moved)[..., None], moved, np.where(real, 0, x)).astype(_float(x))
+  return np.where(real & _real(moved)[..., None], moved, np.where(real, 0, x)).astype(
+      coordinate_dtype(x))
 
 
 def _mirror(x: np.ndarray, kind: str, width: int) -> np.ndarray:
@@ -131,7 +139,7 @@ def _mirror(x: np.ndarray, kind: str, width: int) -> np.ndarray:
 def _move_coordinates(example: dict, kinds: FeatureKinds, scale, shift, size) -> dict:
   """`example` with its boxes and points mapped by `_affine` (one example or a batch)."""
   out = dict(example)
-  for key in _keys_of(example, kinds, _COORDINATES):
+  for key in keys_of(example, kinds, _COORDINATES):
     out[key] = _affine(np.asarray(example[key]), kinds[key], np.asarray(scale, np.float64),
                        np.asarray(shift, np.float64), size)
   return out
@@ -169,15 +177,14 @@ def pad_and_crop(batch: dict, offsets: np.ndarray, padding: int,
   several times cheaper than per-example numpy calls. `offsets`: (B, 2) top, left. Images are
   padded with 0, masks with `MASK_FILL`; boxes and points move by `padding - offset`.
   """
-  h, w = _reference_size(batch, kinds, batched=True)
+  h, w = reference_size(batch, kinds, batched=True)
   out = dict(batch)
-  for key in _keys_of(batch, kinds, _RASTERS):
+  for key in keys_of(batch, kinds, _RASTERS):
     x = batch[key]  # (B, H, W, C) or (B, H, W)
-    fill = 0 if kinds[key] == "image" else MASK_FILL
     padded = np.pad(x, [(0, 0), (padding, padding), (padding, padding)] + [(0, 0)] * (x.ndim - 3),
-                    constant_values=fill)
+                    constant_values=fill_value(kinds[key]))
     out[key] = np.stack([padded[i, t:t + h, l:l + w] for i, (t, l) in enumerate(offsets)])
-  for key in _keys_of(batch, kinds, _COORDINATES):
+  for key in keys_of(batch, kinds, _COORDINATES):
     x = np.asarray(batch[key])  # (B, ..., 4) or (B, ..., 2)
     shift = _per_row(padding - np.asarray(offsets, np.float64), x)
     out[key] = _affine(x, kinds[key], np.ones(2), shift, (h, w))
@@ -191,13 +198,13 @@ def flip_where(batch: dict, flip: np.ndarray, kinds: FeatureKinds = DEFAULT_KIND
   padding boxes (rows without area) stay as they are.
   """
   out = dict(batch)
-  for key in _keys_of(batch, kinds, _RASTERS):
+  for key in keys_of(batch, kinds, _RASTERS):
     x = batch[key]
     where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
     out[key] = np.where(where, x[:, :, ::-1], x)
-  coordinates = _keys_of(batch, kinds, _COORDINATES)
+  coordinates = keys_of(batch, kinds, _COORDINATES)
   if coordinates:
-    width = _reference_size(batch, kinds, batched=True)[1]
+    width = reference_size(batch, kinds, batched=True)[1]
     for key in coordinates:
       x = np.asarray(batch[key])
       where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
@@ -248,12 +255,12 @@ def resize_and_center_crop(example: dict, size: int, crop_fraction: float = 1.0,
   Each image and mask is resized from its own size; boxes and points follow the first image.
   """
   out = dict(example)
-  for key in _keys_of(example, kinds, _RASTERS):
+  for key in keys_of(example, kinds, _RASTERS):
     new_h, new_w, top, left = _center_crop_geometry(*example[key].shape[:2], size, crop_fraction)
     out[key] = _resize_box(example[key], kinds[key], (new_h, new_w))[top:top + size,
                                                                       left:left + size]
-  if _keys_of(example, kinds, _COORDINATES):
-    h, w = _reference_size(example, kinds)
+  if keys_of(example, kinds, _COORDINATES):
+    h, w = reference_size(example, kinds)
     new_h, new_w, top, left = _center_crop_geometry(h, w, size, crop_fraction)
     out = _move_coordinates(out, kinds, (new_h / h, new_w / w), (-top, -left), (size, size))
   return out
@@ -271,7 +278,7 @@ def random_resized_crop(example: dict, rng: np.random.Generator, size: int,
   allowed aspect ratio (as torchvision does). One example (H, W[, C]); masks, boxes and points
   move with it.
   """
-  h, w = _reference_size(example, kinds)
+  h, w = reference_size(example, kinds)
   area = h * w
   for _ in range(attempts):
     target = area * rng.uniform(*scale)
@@ -289,7 +296,7 @@ def random_resized_crop(example: dict, rng: np.random.Generator, size: int,
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
   box = (left, top, left + crop_w, top + crop_h)
   out = dict(example)
-  for key in _keys_of(example, kinds, _RASTERS):
+  for key in keys_of(example, kinds, _RASTERS):
     out[key] = _resize_box(example[key], kinds[key], (size, size), box)
   sy, sx = size / crop_h, size / crop_w
   return _move_coordinates(out, kinds, (sy, sx), (-top * sy, -left * sx), (size, size))
@@ -306,7 +313,7 @@ def random_scale_crop(example: dict, rng: np.random.Generator, size: int,
   masks. Bilinear for images, nearest for masks; boxes and points move with them. One example
   (H, W[, C]).
   """
-  h, w = _reference_size(example, kinds)
+  h, w = reference_size(example, kinds)
   factor = size * np.exp(rng.uniform(np.log(scale_range[0]), np.log(scale_range[1]))) / min(h, w)
   new_h, new_w = max(1, round(h * factor)), max(1, round(w * factor))
   # The window's top-left corner in the scaled image; negative: padding above / to the left.
@@ -315,10 +322,9 @@ def random_scale_crop(example: dict, rng: np.random.Generator, size: int,
   rows = slice(max(top, 0), min(top + size, new_h))
   cols = slice(max(left, 0), min(left + size, new_w))
   out = dict(example)
-  for key in _keys_of(example, kinds, _RASTERS):
+  for key in keys_of(example, kinds, _RASTERS):
     x = _resize_box(example[key], kinds[key], (new_h, new_w))
-    fill = 0 if kinds[key] == "image" else MASK_FILL
-    canvas = np.full((size, size) + x.shape[2:], fill, x.dtype)
+    canvas = np.full((size, size) + x.shape[2:], fill_value(kinds[key]), x.dtype)
     canvas[rows.start - top:rows.stop - top, cols.start - left:cols.stop - left] = x[rows, cols]
     out[key] = canvas
   return _move_coordinates(out, kinds, (new_h / h, new_w / w), (-top, -left), (size, size))

@@ -21,7 +21,8 @@ from vision_jax.models.simple_cnn import SimpleCNN
 
 # Name -> constructor taking the model's fields as keyword arguments. Built-in models are listed
 # here; code outside the package adds its own with `register`.
-MODELS: registry.Registry[Callable[..., nn.Module]] = registry.Registry("model", "vision_jax.models.register", {
+MODELS: registry.Registry[Callable[..., nn.Module]] = registry.Registry(
+    "model", "vision_jax.models.register", {
     "mlp": MLP,
     "simple_cnn": SimpleCNN,
     # CIFAR-style (32x32 inputs).

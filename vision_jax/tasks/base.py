@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vision_jax.data import datasets, transforms
+from vision_jax.train import parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +173,10 @@ class Task:
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_apply(model: nn.Module):
+def jitted_apply(model: nn.Module, mesh: jax.sharding.Mesh | None = None):
   """`model.apply(variables, *inputs, train=False)`, jitted once per model (modules hash by
-  their fields)."""
-  return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False))
+  their fields); with a `mesh`, its outputs are replicated on every device of it, so that every
+  process can read them (evaluation pictures and decoding in multi-process runs)."""
+  replicated = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+  return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
+                 **replicated)

@@ -22,7 +22,6 @@ their ground truth and predicted boxes.
 """
 
 import dataclasses
-import functools
 import os
 from typing import ClassVar
 
@@ -213,7 +212,7 @@ class DetectionTask(base.Task):
       `(detections, ground_truths)`: per-image dicts in pixels of the letterboxed image,
       {"boxes", "labels", "scores"} and {"boxes", "labels"}.
     """
-    predict_fn = _predict_fn(model, mesh)
+    predict_fn = base.jitted_apply(model, mesh)
     replicated = parallel.replicated(mesh)
     detections, truths = [], []
     count = len(source) if limit is None else min(limit, len(source))
@@ -276,14 +275,6 @@ def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> 
     raise errors.UserError(f"'{objects_key}/label' of {builder.info.full_name!r} has no class "
                            "names; set config.detection.class_names.")
   return tuple(names)
-
-
-@functools.lru_cache(maxsize=4)
-def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
-  """`model` in eval mode, jitted once per model (evaluate_more runs after every eval), its
-  outputs replicated on every device of `mesh` so that every process can read them."""
-  return jax.jit(lambda variables, images: model.apply(variables, images, train=False),
-                 out_shardings=parallel.replicated(mesh))
 
 
 def _tag(name: str) -> str:

@@ -186,7 +186,7 @@ def load_for_inference(workdir: str, step: int | None = None,
   """
   workdir = os.path.abspath(workdir)
   config = read_config(workdir)
-  config_lib.import_modules(config.get("imports"))  # Before the task and model names are looked up.
+  config_lib.import_modules(config.imports)  # Before the task and model names are looked up.
   task = tasks.get_task(config)
   directory = os.path.join(workdir, "checkpoints")
   step, variables = restore_newest_variables(directory, step)
@@ -199,8 +199,7 @@ def load_for_inference(workdir: str, step: int | None = None,
     label = builder.info.features["label"]
     names = tuple(label.names) if label.names else tuple(str(i) for i in range(info.num_classes))
   task = task.prepare(builder, None, workdir)  # Reads what training saved (e.g. vocab.json).
-  if dtype is not None:
-    config = ml_collections.ConfigDict(config.to_dict())
+  if dtype is not None:  # `config` is this call's own copy.
     config.model.dtype = dtype
   precision.dtypes(config.model.dtype)  # float64 without JAX's 64-bit mode fails here.
   model = task.build_model(config, builder)
