@@ -6,7 +6,7 @@ Images are letterboxed to 512 px (longer side; Detectron2 uses 800-1333). The ne
 ResNet-50's stride-16 stage into its stride-8 stage; 15 anchors per cell (5 sizes x 3 ratios)
 replace the FPN's levels. Crowd boxes are dropped from training and evaluation (COCO's
 evaluation ignores detections on them instead). Start the backbone from ImageNet weights with
-`--config.model.init_from=DIR` (see vision_jax.models.torch_import). Unmeasured here (no GPU);
+`--config.model.init_from=DIR` (see vision_jax.tools.torch_import). Unmeasured here (no GPU);
 the tests run it on `tfds.testing.mock_data`.
 """
 

@@ -8,7 +8,7 @@ turns them into classes 1, 0, 2. Images vary in size: training takes random 0.5-
 256x256 crops with flips, evaluation resizes the shorter side to 256 and takes the centre (so
 the mIoU is of that centre crop). The argument is the backbone: resnet50 (ImageNet stem,
 stages at strides 8/16/32) or vgg16 (the paper's, with fc6/fc7 as 7x7 and 1x1 convolutions of
-width 4096). ImageNet weights help a lot: convert torchvision's (`vision_jax.models.torch_import`)
+width 4096). ImageNet weights help a lot: convert torchvision's (`vision_jax.tools.torch_import`)
 and pass `--config.model.init_from=DIR`; backbone parameters load under the FCN's `backbone/`.
 """
 

@@ -37,7 +37,8 @@ import optax
 
 from vision_jax import errors, models, tasks
 from vision_jax.models import precision
-from vision_jax.train import parallel, steps
+from vision_jax.train import steps
+from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 WEIGHT_DECAY = 5e-5  # As ../shared/bench/torch_resnet50.py.
@@ -93,12 +94,12 @@ def _train_flops(abstract_state, abstract_batch: dict, task: tasks.Task) -> floa
 
 def measure_jax(args) -> tuple[dict, float | None]:
   """The vision_jax row, and the model FLOPs of one train step."""
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   plain = models.get_model(args.model, num_classes=args.num_classes,
                            **precision.dtypes(args.dtype))
   model = plain
   if args.strategy == "pmap" and hasattr(model, "bn_axis_name"):
-    model = model.clone(bn_axis_name=parallel.PMAP_AXIS)
+    model = model.clone(bn_axis_name=sharding.PMAP_AXIS)
   shape = (args.image_size, args.image_size, args.channels)
   task = tasks.ClassificationTask()
   state = create_train_state(model, optimizer(), jax.random.key(0), shape, mesh, use_ema=False)
@@ -107,7 +108,7 @@ def measure_jax(args) -> tuple[dict, float | None]:
            "label": rng.integers(0, args.num_classes, size=args.batch_size).astype(np.int32)}
   # For the FLOP count after the timed compile; BatchNorm without pmap's axis (same maths).
   abstract = _abstract((state.replace(apply_fn=plain.apply), batch))
-  batch = jax.device_put(batch, parallel.data_sharding(mesh))  # On the devices, once.
+  batch = jax.device_put(batch, sharding.data_sharding(mesh))  # On the devices, once.
 
   compiled = steps.compile_steps(mesh, state, task, strategy=args.strategy)
   train_state = compiled.to_train_layout(state)

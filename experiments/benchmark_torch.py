@@ -16,7 +16,8 @@ from torch import nn
 import torchvision
 
 from vision_jax import models
-from vision_jax.models import resnet, torch_import
+from vision_jax.models import resnet
+from vision_jax.tools import torch_import
 
 WEIGHT_DECAY = 5e-5  # As ../shared/bench/torch_resnet50.py.
 AUX_LOSS_WEIGHT = 0.3  # GoogLeNet's auxiliary heads, as `tasks.ClassificationTask`'s default.

@@ -104,11 +104,12 @@ def step_vs_input(model: str, shape, batch_size: int, num_batches: int) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import benchmark  # pylint: disable=g-import-not-at-top  (next to this file)
   from vision_jax import models, tasks  # pylint: disable=g-import-not-at-top
-  from vision_jax.train import parallel, steps  # pylint: disable=g-import-not-at-top
+  from vision_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from vision_jax import sharding  # pylint: disable=g-import-not-at-top
   from vision_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
 
   net = models.get_model(model, num_classes=10)
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   state = create_train_state(net, benchmark.optimizer(), jax.random.key(0), shape, mesh,
                              use_ema=False)
   task = tasks.ClassificationTask()
@@ -119,7 +120,7 @@ def step_vs_input(model: str, shape, batch_size: int, num_batches: int) -> dict:
   source = ArraySource(rng.integers(0, 256, (n, *shape), np.uint8), rng.integers(0, 10, n))
   options = pipeline.InputOptions(batch_size=batch_size, crop_padding=2, random_flip=True)
   batches = pipeline.train_batches(source, options, seed=0)
-  fixed = jax.device_put(next(batches), parallel.data_sharding(mesh))  # On the devices, once.
+  fixed = jax.device_put(next(batches), sharding.data_sharding(mesh))  # On the devices, once.
   for _ in range(3):  # Compile and warm up.
     state, metrics = compiled.train(state, fixed)
   jax.block_until_ready(metrics)

@@ -26,13 +26,14 @@ def _worker(args) -> dict:
   import optax
 
   from vision_jax import models, tasks
-  from vision_jax.train import parallel, steps
+  from vision_jax.train import steps
+  from vision_jax import sharding
   from vision_jax.train.state import create_train_state
 
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   model = models.get_model(args.model, num_classes=10, dtype=args.dtype)
   if args.strategy == "pmap" and hasattr(model, "bn_axis_name"):
-    model = model.clone(bn_axis_name=parallel.PMAP_AXIS)
+    model = model.clone(bn_axis_name=sharding.PMAP_AXIS)
   shape = (args.image_size, args.image_size, 3)
   state = create_train_state(model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), shape,
                              mesh, use_ema=False)

@@ -8,7 +8,7 @@ ones. The ILSVRC column is the year the course notes give for the architecture.
 """
 
 from vision_jax import models
-from vision_jax.models import summary
+from vision_jax.tools import summary
 
 _ILSVRC_YEAR = {"alexnet": "2012 (winner)", "zfnet": "2013 (winner)", "vgg": "2014 (2nd)",
                 "googlenet": "2014 (winner)", "resnet": "2015 (winner)"}

@@ -10,7 +10,7 @@ import pytest
 from vision_jax import config as config_lib
 from vision_jax import errors
 from vision_jax.data import pipeline, transforms
-from vision_jax.tasks import detection
+from vision_jax.tasks.detection import task as detection
 
 KINDS = {"image": "image", "mask": "mask", "boxes": "boxes", "points": "points",
          "label": "other"}

@@ -18,8 +18,9 @@ from vision_jax import config as config_lib
 from vision_jax import errors, models, tasks
 from vision_jax.data import datasets
 from vision_jax.data.builders import fashion_mnist_local
-from vision_jax.models import input_size, torch_import
-from vision_jax.train import inference
+from vision_jax.models import input_size
+from vision_jax.tools import torch_import
+from vision_jax import inference
 
 import shipped
 
@@ -215,8 +216,8 @@ def _cli(*args):
     (("vision_jax.main", "--config=configs/shapes_cnn.py:foo"),
      "configs/shapes_cnn.py has no variants"),
     (("vision_jax.viz", "filters", "--filters", "blur"), "Unknown filters ['blur']"),
-    (("vision_jax.models.summary", "simple_cnn", "--image_size=2"), "smallest size it accepts"),
-    (("vision_jax.models.torch_import", "resnet18", "--torch_file=README.md", "--out=x"),
+    (("vision_jax.tools.summary", "simple_cnn", "--image_size=2"), "smallest size it accepts"),
+    (("vision_jax.tools.torch_import", "resnet18", "--torch_file=README.md", "--out=x"),
      "README.md is not a torch file"),
     (("vision_jax.data.prepare", "no_such_dataset"), "Unknown dataset 'no_such_dataset'"),
 ])

@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +20,10 @@ import pytest
 from vision_jax import config as config_lib
 from vision_jax import tasks
 from vision_jax.data.builders import shapes_render
-from vision_jax.evaluate import captioning
-from vision_jax.models import decoding
-from vision_jax.models.captioner import CaptionDecoder, Captioner, attention_penalty, caption_loss
-from vision_jax.text.tokenizer import Vocabulary, split_words
+from vision_jax.tasks.captioning import metrics as captioning
+from vision_jax.tasks.captioning import decoding
+from vision_jax.tasks.captioning.captioner import CaptionDecoder, Captioner, attention_penalty, caption_loss
+from vision_jax.tasks.captioning.vocabulary import Vocabulary, split_words
 
 import shipped
 from user_backbone import UserBackbone
@@ -491,7 +490,7 @@ def test_captioning_task_trains_evaluates_and_resumes_through_the_loop(tmp_path,
   assert {"circle", "left", "of"} <= set(vocab)
   assert os.listdir(os.path.join(workdir, "captions")) == ["step_0000002.png"]
   # Inference rebuilds the captioner through the workdir's task, with its saved vocabulary.
-  from vision_jax.train import inference
+  from vision_jax import inference
   loaded = inference.load_for_inference(workdir)
   images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
   predicted = loaded.predict(images)

@@ -9,13 +9,14 @@ import optax
 import pytest
 
 from vision_jax import models
-from vision_jax.train import checkpoint, parallel
+from vision_jax.train import checkpoint, weights
+from vision_jax import sharding
 from vision_jax.train.state import train_state_initializer
 
 
 @pytest.fixture(scope="module")
 def state_and_abstract():
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   model = models.get_model("simple_cnn", num_classes=10, features=(4, 8), hidden=16)
   init, abstract = train_state_initializer(model, optax.adamw(1e-3), (32, 32, 3), mesh,
                                            use_ema=True)
@@ -115,7 +116,7 @@ def test_a_state_of_another_structure_is_no_damage(tmp_path, state_and_abstract)
   ckpt = _checkpointer(tmp_path / "checkpoints")
   ckpt.save(1, state)
   ckpt.wait()
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   wider = models.get_model("simple_cnn", num_classes=10, features=(4, 8), hidden=32)
   _, abstract = train_state_initializer(wider, optax.adamw(1e-3), (32, 32, 3), mesh,
                                         use_ema=True)
@@ -188,7 +189,6 @@ def test_fingerprints_do_not_depend_on_the_device_count(state_and_abstract):
 
 def test_inference_verifies_and_skips_a_damaged_newest_checkpoint(tmp_path, state_and_abstract,
                                                                    capsys):
-  from vision_jax.train import inference
   state, _ = state_and_abstract
   ckpt = _checkpointer(tmp_path)
   ckpt.save(1, _at(state, 1))
@@ -196,8 +196,8 @@ def test_inference_verifies_and_skips_a_damaged_newest_checkpoint(tmp_path, stat
   ckpt.close()
   _flip_one_byte(str(tmp_path / "2"))
   with pytest.raises(checkpoint.DamagedCheckpointError, match="Checkpoint 2 .* differ"):
-    inference.restore_variables(str(tmp_path), 2)
-  step, variables = inference.restore_newest_variables(str(tmp_path))
+    weights.restore_variables(str(tmp_path), 2)
+  step, variables = weights.restore_newest_variables(str(tmp_path))
   assert step == 1 and "Checkpoint 2" in capsys.readouterr().err
   jax.tree.map(np.testing.assert_array_equal, variables["params"],
                jax.device_get(_at(state, 1).ema_params))

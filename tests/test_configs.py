@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
 from vision_jax import tasks
-from vision_jax.text.tokenizer import Vocabulary
+from vision_jax.tasks.captioning.vocabulary import Vocabulary
 
 import shipped
 

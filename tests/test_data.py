@@ -241,10 +241,10 @@ def test_processes_together_read_exactly_the_single_process_eval_batches(tiny_sh
 
 
 def test_global_batch_is_sharded_over_the_mesh():
-  from vision_jax.train import parallel
-  mesh = parallel.make_mesh()
+  from vision_jax import sharding
+  mesh = sharding.make_mesh()
   batch = {"image": np.zeros((16, 4, 4, 3), np.float32), "label": np.arange(16)}
-  out = parallel.to_global(batch, parallel.data_sharding(mesh))
+  out = sharding.to_global(batch, sharding.data_sharding(mesh))
   assert out["image"].shape == (16, 4, 4, 3)
   assert len(out["label"].addressable_shards) == jax.device_count() == 8
   assert out["label"].addressable_shards[1].data.tolist() == [2, 3]

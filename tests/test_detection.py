@@ -16,12 +16,13 @@ from pycocotools.cocoeval import COCOeval
 
 from vision_jax import config as config_lib
 from vision_jax.data import pipeline, transforms
-from vision_jax.evaluate import detection as det_metrics
-from vision_jax.models import detection_targets, faster_rcnn
+from vision_jax.tasks.detection import metrics as det_metrics
+from vision_jax.tasks.detection import targets as detection_targets
+from vision_jax.tasks.detection import faster_rcnn
 from vision_jax.ops import anchors as anchor_ops
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops.roi_align import roi_align
-from vision_jax.tasks import detection
+from vision_jax.tasks.detection import task as detection
 from vision_jax.train import loop
 
 import shipped
@@ -590,7 +591,7 @@ def test_shapes_detection_trains_evaluates_and_draws(tiny_shapes_dir, tmp_path):
   from PIL import Image
   assert Image.open(picture).size == (500, 2 * 250 + 50)
   # Inference rebuilds the Faster R-CNN through the workdir's task.
-  from vision_jax.train import inference
+  from vision_jax import inference
   loaded = inference.load_for_inference(str(tmp_path))
   images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
   detections = loaded.predict(images)["detections"]

@@ -160,7 +160,7 @@ def test_a_paper_package_outside_vision_jax_trains_resumes_and_is_shown(tiny_sha
   _run(["-m", "vision_jax.viz", "feature_maps", f"--workdir={workdir}", "--layer=stage1",
         f"--out={out}"], cwd=tmp_path)
   assert os.path.getsize(out) > 0
-  summary = _run(["-m", "vision_jax.models.summary", "paper_net", "--imports=example_paper",
+  summary = _run(["-m", "vision_jax.tools.summary", "paper_net", "--imports=example_paper",
                   "--image_size=32", "--num_classes=6"], cwd=tmp_path)
   assert "paper_net on (32, 32, 3)" in summary.stdout
   predict = _run(["-c", (

@@ -18,7 +18,10 @@ import optax
 import pytest
 
 from vision_jax import models
-from vision_jax.models import captioner, faster_rcnn, fcn, precision, resnet
+from vision_jax.models import precision, resnet
+from vision_jax.tasks.captioning import captioner
+from vision_jax.tasks.detection import faster_rcnn
+from vision_jax.tasks.segmentation import fcn
 
 BATCH = 4
 NUM_CLASSES = 5
@@ -300,7 +303,7 @@ def test_reshape_max_pool_equals_flax_max_pool(shape):
 
 
 def test_summary_counts_parameters_and_flops():
-  from vision_jax.models import summary
+  from vision_jax.tools import summary
   stats = summary.model_stats("simple_cnn", image_size=32, num_classes=10)
   assert stats.num_params == 545_098
   # By hand, 2 x multiply-adds: conv1 32*32*32*27, conv2 16*16*64*288, dense 4096*128 + 128*10.

@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from vision_jax.train import inference
+from vision_jax.train import weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +85,7 @@ def _train_losses(workdir):
 
 def _params(workdir, step):
   """Parameters of a checkpoint as numpy arrays, whatever topology wrote it."""
-  return inference.restore_variables(os.path.join(workdir, "checkpoints"), step)["params"]
+  return weights.restore_variables(os.path.join(workdir, "checkpoints"), step)["params"]
 
 
 RTOL, ATOL = 1e-9, 1e-12  # float64: equal to rounding (see tests/test_parallel.py).

@@ -64,7 +64,7 @@ def _run_without_tensorflow(tmp_path, script: str) -> str:
 
 
 def test_our_builders_prepare_and_read_without_tensorflow(tmp_path):
-  out = _run_without_tensorflow(tmp_path, f"""
+  out = _run_without_tensorflow(tmp_path, """
       import tensorflow_datasets as tfds
       from vision_jax import config as config_lib
       from vision_jax.data import datasets, pipeline

@@ -18,7 +18,8 @@ import tensorflow_datasets as tfds
 
 from vision_jax import models, tasks
 from vision_jax.models import precision
-from vision_jax.train import loop, parallel, steps
+from vision_jax.train import loop, steps
+from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 from test_train import tiny_config
@@ -57,7 +58,7 @@ def _batch(seed=0, batch_size=32):
 def _train(model, strategy, *, fsdp=1, grad_accum_steps=1, num_steps=3, batch_size=32,
            optimizer=None, devices=None):
   """`num_steps` steps on fixed batches; returns the global state and the last metrics."""
-  mesh = parallel.make_mesh(devices, fsdp=fsdp)
+  mesh = sharding.make_mesh(devices, fsdp=fsdp)
   tx = optimizer or optax.sgd(0.05, momentum=0.9)
   state = create_train_state(model, tx, jax.random.key(0), (32, 32, 3), mesh, use_ema=True)
   compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.1, 0.3),
@@ -77,7 +78,7 @@ def _assert_close(a, b, rtol=RTOL, atol=ATOL):
 def test_pmap_matches_jit_with_batchnorm_over_the_global_batch(float64):
   model = _TinyBNNet()
   jit_state, jit_metrics = _train(model, "jit")
-  pmap_state, pmap_metrics = _train(model.clone(bn_axis_name=parallel.PMAP_AXIS), "pmap")
+  pmap_state, pmap_metrics = _train(model.clone(bn_axis_name=sharding.PMAP_AXIS), "pmap")
   assert int(pmap_state.step) == 3
   assert {x.dtype for x in jax.tree.leaves(pmap_state)} >= {np.dtype(np.float64)}
   assert np.dtype(np.float32) not in {x.dtype for x in jax.tree.leaves(pmap_state.params)}
@@ -121,7 +122,7 @@ def test_fsdp_shards_large_parameters_and_optimizer_state_and_matches_replicated
   sharded, _ = _train(model, "jit", fsdp=4)
   _assert_close(replicated.params, sharded.params)
   kernel = sharded.params["hidden"]["kernel"]  # (1024, 32)
-  assert kernel.size >= parallel.FSDP_MIN_SIZE
+  assert kernel.size >= sharding.FSDP_MIN_SIZE
   assert "fsdp" in kernel.sharding.spec and not kernel.sharding.is_fully_replicated
   assert kernel.addressable_shards[0].data.size == kernel.size // 4
   momentum = sharded.opt_state[0].trace["hidden"]["kernel"]

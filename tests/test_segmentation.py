@@ -4,10 +4,8 @@ import functools
 import gzip
 import os
 import struct
-from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,12 +13,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
+from vision_jax import figures
 from vision_jax.data import pipeline, transforms
 from vision_jax.data.builders import fashion_mnist_local, fashion_scenes
-from vision_jax.evaluate import segmentation as seg_metrics
-from vision_jax.models import fcn
-from vision_jax.tasks import segmentation
-from vision_jax.train import loop, parallel
+from vision_jax.models import backbone as backbone_lib
+from vision_jax.tasks.segmentation import metrics as seg_metrics
+from vision_jax.tasks.segmentation import fcn
+from vision_jax.tasks.segmentation import task as segmentation
+from vision_jax.train import loop
+from vision_jax import sharding
 
 import shipped
 from user_backbone import UserBackbone
@@ -59,10 +60,10 @@ def test_fcn_logits_are_at_input_resolution(backbone, variant, size):
 def test_fcn_picks_stages_by_stride_and_names_them_when_missing():
   vgg = {f"stage{i}": jnp.zeros((1, 224 // 2**i, 224 // 2**i, 1)) for i in range(1, 6)}
   vgg["pooled"] = jnp.zeros((1, 7, 7, 1))  # Same size as stage5 at 224: not a stage.
-  assert fcn.stages_by_stride(vgg, 224) == ("stage5", "stage4", "stage3")
+  assert backbone_lib.stages_by_stride(vgg, 224) == ("stage5", "stage4", "stage3")
   odd = {"stage3": jnp.zeros((1, 31, 31, 1)), "stage4": jnp.zeros((1, 15, 15, 1)),
          "stage5": jnp.zeros((1, 7, 7, 1))}  # VGG at 250 px (floor pooling).
-  assert fcn.stages_by_stride(odd, 250) == ("stage5", "stage4", "stage3")
+  assert backbone_lib.stages_by_stride(odd, 250) == ("stage5", "stage4", "stage3")
   model = _fcn("resnet20", {}, "8s")  # CIFAR stem: stages at strides 1, 2, 4.
   with pytest.raises(ValueError, match="no stage at stride 32"):
     jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
@@ -267,18 +268,18 @@ def test_confusion_matrix_over_padded_sharded_batches_is_exact():
   config = config_lib.base_config().input
   config.eval_batch_size = 8
   task = _task()
-  mesh = parallel.make_mesh()
-  sharding = parallel.data_sharding(mesh)
+  mesh = sharding.make_mesh()
+  batch_sharding = sharding.data_sharding(mesh)
 
   def predict(image):  # Any deterministic "model": class from the red channel.
     return jax.nn.one_hot((image[..., 0] > 0).astype(jnp.int32) + (image[..., 1] > 0), k)
 
   eval_sums = jax.jit(lambda b: task.eval_sums((predict(b["image"]), {}), b),
-                      in_shardings=(sharding,), out_shardings=parallel.replicated(mesh))
+                      in_shardings=(batch_sharding,), out_shardings=sharding.replicated(mesh))
   total = None
   for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config),
                                      keys=task.keys, kinds=task.feature_kinds):
-    sums = eval_sums(parallel.to_global(batch, sharding))
+    sums = eval_sums(sharding.to_global(batch, batch_sharding))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   expected = np.zeros((k, k), np.int64)
   for ex in source:
@@ -416,7 +417,7 @@ def test_mock_oxford_pets_trains_one_step_and_draws_predictions(tmp_path):
   with tfds.testing.mock_data(num_examples=10):
     result = loop.train_and_evaluate(c, str(tmp_path))
     # Inference rebuilds the FCN through the workdir's task: a class per pixel.
-    from vision_jax.train import inference
+    from vision_jax import inference
     loaded = inference.load_for_inference(str(tmp_path))
     images = np.random.default_rng(0).integers(0, 256, (2, 80, 96, 3), np.uint8)
     mask = loaded.predict(images)["mask"]
@@ -461,7 +462,7 @@ def test_pmap_trains_the_fcn_like_jit(tmp_path, float64):
 
 
 def test_picture_shows_image_truth_and_prediction(tmp_path):
-  from vision_jax.viz import segmentation as seg_viz
+  from vision_jax.tasks.segmentation import pictures as seg_viz
   rng = np.random.default_rng(5)
   labels = rng.integers(-1, 3, (3, 16, 16))
   path = seg_viz.plot_predictions(rng.integers(0, 256, (3, 16, 16, 1), np.uint8), labels,
@@ -469,7 +470,7 @@ def test_picture_shows_image_truth_and_prediction(tmp_path):
                                   str(tmp_path / "p.png"), title="t")
   from PIL import Image
   assert Image.open(path).size == (800, 3 * 200 + 50)
-  colours = seg_viz.class_colours(3)
+  colours = figures.class_colours(3)
   np.testing.assert_array_equal(seg_viz.colourise(np.array([[-1, 2]]), colours)[0, 0],
                                 [255, 255, 255])
 
@@ -492,12 +493,13 @@ def test_bad_segmentation_config_names_the_fix(field, value, expected):
 def test_classifier_weights_start_the_fcn_backbone():
   import optax
   from vision_jax import models
-  from vision_jax.train.state import create_train_state, load_pretrained
+  from vision_jax.train.state import create_train_state
+  from vision_jax.train.weights import load_pretrained
   name, kwargs = SMALL_VGG
   classifier = models.get_model(name, num_classes=10, **kwargs)
   images = np.zeros((1, 32, 32, 3), np.float32)
   pretrained = jax.device_get(classifier.init(jax.random.key(1), images))
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[:1])
   state = create_train_state(_fcn(name, kwargs, "8s"), optax.sgd(0.1), jax.random.key(0),
                              (32, 32, 3), mesh, use_ema=False)
   state, kept = load_pretrained(state, pretrained)

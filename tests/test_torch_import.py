@@ -1,4 +1,4 @@
-"""Tests for vision_jax.models.torch_import: torchvision and our models agree on the same weights.
+"""Tests for vision_jax.tools.torch_import: torchvision and our models agree on the same weights.
 
 Each case builds a torchvision model with seeded random weights, converts its state dict and
 compares logits on one random batch (NCHW there, NHWC here). To make the comparison mean
@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from vision_jax import models  # noqa: E402  (after the skips, on purpose)
-from vision_jax.models import torch_import  # noqa: E402
+from vision_jax.tools import torch_import  # noqa: E402
+from vision_jax.train import weights  # noqa: E402
 
 NUM_CLASSES = 10
 BATCH = 2
@@ -143,7 +144,7 @@ def test_numpy_arrays_convert_like_tensors_and_torch_is_not_imported(resnet18_st
   jax.tree.map(np.testing.assert_array_equal,
                torch_import.convert_state_dict("resnet18", as_numpy),
                torch_import.convert_state_dict("resnet18", resnet18_state_dict))
-  code = "import sys; import vision_jax.models.torch_import; assert 'torch' not in sys.modules"
+  code = "import sys; import vision_jax.tools.torch_import; assert 'torch' not in sys.modules"
   subprocess.run([sys.executable, "-c", code], check=True, env=_ONE_CPU_ENV)
 
 
@@ -176,12 +177,12 @@ def test_command_line_round_trip(resnet18_state_dict, tmp_path):
   torch_file, out = tmp_path / "resnet18.pth", tmp_path / "converted"
   torch.save(resnet18_state_dict, torch_file)
   result = subprocess.run(
-      [sys.executable, "-m", "vision_jax.models.torch_import", "resnet18",
+      [sys.executable, "-m", "vision_jax.tools.torch_import", "resnet18",
        f"--torch_file={torch_file}", f"--out={out}"],
       capture_output=True, text=True, env=_ONE_CPU_ENV, check=False)
   assert result.returncode == 0, result.stderr
   assert "Wrote resnet18 (11,181,642 parameters)" in result.stdout
-  loaded = torch_import.load_converted(str(out))
+  loaded = weights.load_converted(str(out))
   expected = torch_import.convert_state_dict("resnet18", resnet18_state_dict)
   assert jax.tree.structure(loaded) == jax.tree.structure(expected)
   jax.tree.map(np.testing.assert_array_equal, loaded, expected)

@@ -7,7 +7,6 @@ import sys
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -15,7 +14,8 @@ import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
 from vision_jax import models, tasks
-from vision_jax.train import checkpoint, loop, parallel, steps
+from vision_jax.train import checkpoint, loop, steps
+from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 import shipped
@@ -79,7 +79,7 @@ def _batch(seed=0, batch_size=16):
 
 
 def test_train_and_eval_steps_compile_only_once():
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   state = _state(mesh, "simple_cnn")
   compiled = steps.compile_steps(mesh, state, tasks.ClassificationTask(0.1, 0.3),
                                  ema_decay=0.99)
@@ -168,7 +168,7 @@ class _WithAuxHead(nn.Module):
 
 def test_auxiliary_classifiers_are_trained_through_their_loss():
   """An aux head only learns through the aux loss: with weight 0 it stays where it started."""
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[:1])
   moved = {}
   for weight in (0.0, 0.3):
     state = create_train_state(_WithAuxHead(), optax.sgd(0.1), jax.random.key(0), (32, 32, 3),
@@ -182,18 +182,17 @@ def test_auxiliary_classifiers_are_trained_through_their_loss():
 
 
 def test_pretrained_weights_replace_matching_layers_and_keep_the_new_head(tmp_path):
-  from vision_jax.models import torch_import
-  from vision_jax.train.state import load_pretrained
+  from vision_jax.train import weights
   source = models.get_model("resnet20", num_classes=100)  # Pretrained on 100 classes.
   variables = jax.device_get(source.init(jax.random.key(1), np.zeros((1, 32, 32, 3)),
                                          train=False))
   variables["batch_stats"] = jax.tree.map(lambda x: x + 0.5, variables["batch_stats"])
-  torch_import.save_converted(variables, str(tmp_path / "pretrained"))
-  loaded = torch_import.load_converted(str(tmp_path / "pretrained"))
+  weights.save_converted(variables, str(tmp_path / "pretrained"))
+  loaded = weights.load_converted(str(tmp_path / "pretrained"))
 
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   state = _state(mesh)  # 10 classes, EMA on.
-  state, kept = load_pretrained(state, loaded)
+  state, kept = weights.load_pretrained(state, loaded)
   assert sorted(kept) == ["params/head/bias", "params/head/kernel"]
   np.testing.assert_array_equal(state.params["stem"]["conv"]["kernel"],
                                 variables["params"]["stem"]["conv"]["kernel"])
@@ -207,18 +206,16 @@ def test_pretrained_weights_replace_matching_layers_and_keep_the_new_head(tmp_pa
 
 
 def test_training_starts_from_init_from(tmp_path):
-  from vision_jax.models import torch_import
+  from vision_jax.train import weights
   model = models.get_model("simple_cnn", num_classes=10)
   variables = jax.device_get(model.init(jax.random.key(3), np.zeros((1, 32, 32, 3)),
                                         train=False))
-  torch_import.save_converted(variables, str(tmp_path / "pretrained"))
+  weights.save_converted(variables, str(tmp_path / "pretrained"))
   c = tiny_config(num_steps=1)
   c.model.init_from = str(tmp_path / "pretrained")
   c.optim.learning_rate = 0.0  # The saved weights must come out unchanged.
   with tfds.testing.mock_data(num_examples=16):
     loop.train_and_evaluate(c, str(tmp_path / "run"))
-  restored = checkpoint.Checkpointer(str(tmp_path / "run" / "checkpoints"), keep=1,
-                                     best_metric="accuracy")
   import orbax.checkpoint as ocp
   saved = ocp.StandardCheckpointer().restore(str(tmp_path / "run" / "checkpoints" / "1" /
                                                  "state"))

@@ -15,8 +15,10 @@ import pytest
 from vision_jax import config as config_lib
 from vision_jax import errors, tasks
 from vision_jax.ops import mixing
-from vision_jax.tasks import classification
-from vision_jax.train import loop, parallel, steps
+from vision_jax.tasks import base
+from vision_jax.tasks.classification import task as classification
+from vision_jax.train import loop, steps
+from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 from test_parallel import _TinyBNNet, _assert_close, _batch, _simple_cnn
@@ -89,7 +91,7 @@ def test_mix_prob_and_switch_prob_choose_what_happens():
 def test_flip_averaging_is_the_mean_softmax_and_a_no_op_for_mirror_symmetric_models(float64):
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(2, 4, 5)) * 30  # Large: some probabilities underflow.
-  merged = classification.merge_flipped_logits(jnp.asarray(a), jnp.asarray(b))
+  merged = base.merge_flipped_logits(jnp.asarray(a), jnp.asarray(b))
   assert np.isfinite(merged).all()
   np.testing.assert_allclose(jax.nn.softmax(merged), (jax.nn.softmax(a) + jax.nn.softmax(b)) / 2,
                              rtol=1e-12, atol=1e-300)
@@ -135,7 +137,7 @@ def test_segmentation_flip_averaging_maps_the_mirror_back_onto_its_pixels(float6
 
 
 def _evaluate(model, task, batch, *, eval_flip=False, state=None):
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   if state is None:
     state = create_train_state(model, optax.sgd(0.1), jax.random.key(0), batch["image"].shape[1:],
                                mesh, use_ema=False)
@@ -144,7 +146,7 @@ def _evaluate(model, task, batch, *, eval_flip=False, state=None):
 
 
 def test_raw_and_ema_evaluations_differ_once_the_ema_lags_and_agree_when_it_does_not():
-  mesh = parallel.make_mesh()
+  mesh = sharding.make_mesh()
   task = tasks.ClassificationTask()
   model = _TinyBNNet(dtype=jnp.float32)
   eval_batch = {**_batch(9), "weight": np.ones(32, np.float32)}
@@ -166,7 +168,7 @@ def test_raw_and_ema_evaluations_differ_once_the_ema_lags_and_agree_when_it_does
 def _train_mixed(strategy, *, devices=None, grad_accum_steps=1, options=BOTH, num_steps=3):
   """`num_steps` mixed steps of a small CNN (float64) with Adam (sensitive to any gradient
   scale mistake); returns the global state, the last metrics and each step's draw."""
-  mesh = parallel.make_mesh(devices)
+  mesh = sharding.make_mesh(devices)
   state = create_train_state(_simple_cnn(), optax.adam(1e-3), jax.random.key(0), (32, 32, 3),
                              mesh, use_ema=False)
   task = tasks.ClassificationTask(label_smoothing=0.1, mix=options)
@@ -257,7 +259,7 @@ def test_mixing_flip_and_raw_eval_resume_to_the_uninterrupted_run(tmp_path, tiny
 
 def test_workdirs_written_before_these_fields_still_load(tmp_path):
   import json
-  from vision_jax.train import inference
+  from vision_jax import inference
   saved = config_lib.base_config().to_dict()
   for field in ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob", "eval_flip"):
     del saved["train"][field]

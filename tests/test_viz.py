@@ -12,10 +12,17 @@ from PIL import Image
 
 from vision_jax import config as config_lib
 from vision_jax.models import pooling
-from vision_jax.train import inference, loop, parallel
+from vision_jax.train import loop
+from vision_jax import inference
+from vision_jax.train import weights
+from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 from vision_jax.viz import __main__ as cli
-from vision_jax.viz import attribution, convolution, filters, max_pool, x_vs_o
+from vision_jax.viz import attribution
+from vision_jax.course import convolution
+from vision_jax.course import filters
+from vision_jax.course import max_pool
+from vision_jax.course import x_vs_o
 
 
 def _size(path) -> tuple[int, int]:
@@ -111,11 +118,11 @@ class _TinyBN(nn.Module):
 def test_restore_variables_reads_batch_stats(tmp_path):
   """A BatchNorm model saved from 8 devices comes back as host arrays, optimiser state skipped."""
   state = create_train_state(_TinyBN(), optax.sgd(0.1, momentum=0.9), jax.random.key(0),
-                             (8, 8, 3), parallel.make_mesh(), use_ema=False)
+                             (8, 8, 3), sharding.make_mesh(), use_ema=False)
   state = state.replace(batch_stats=jax.tree.map(lambda x: x + 1.5, state.batch_stats))
   with ocp.CheckpointManager(str(tmp_path)) as manager:
     manager.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  variables = inference.restore_variables(str(tmp_path), 7)
+  variables = weights.restore_variables(str(tmp_path), 7)
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(variables))
   jax.tree.map(np.testing.assert_array_equal, variables,
                jax.device_get({"params": state.params, "batch_stats": state.batch_stats}))

@@ -24,7 +24,7 @@ TRAIN_CROPS = ("pad", "random_resized", "random_scale")
 # vision_jax.data.auto_augment.POLICIES and its NUM_BINS - 1 (not imported; a test keeps them).
 AUTO_AUGMENTS = ("", "randaugment", "trivialaugment")
 MAX_MAGNITUDE = 30
-FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.models.fcn.VARIANTS (not imported).
+FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.tasks.segmentation.fcn.VARIANTS (not imported).
 # Numeric fields: (field, test, the valid range). Unset optional fields (None) are not tested.
 _RANGES = (
     ("optim.learning_rate", lambda v: 0 <= v < math.inf,
@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "simple_cnn"
   c.model.dtype = "float32"  # Compute dtype; parameters stay float32 (float64: both, x64 mode).
   c.model.kwargs = ml_collections.ConfigDict()  # Model-specific fields, e.g. dropout_rate.
-  # Pretrained weights: a directory written by `python -m vision_jax.models.torch_import`. Used
+  # Pretrained weights: a directory written by `python -m vision_jax.tools.torch_import`. Used
   # when training starts (not on resume); layers of another shape (the head) stay fresh.
   c.model.init_from = ml_collections.FieldReference(None, field_type=str)
 
@@ -174,7 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.captioning.num_pictures = 6  # Eval images drawn with captions and attention.
 
   # task="segmentation" only. The model is an FCN over the backbone model.name (its fields in
-  # model.kwargs); see vision_jax.models.fcn.
+  # model.kwargs); see vision_jax.tasks.segmentation.fcn.
   c.segmentation = ml_collections.ConfigDict()
   c.segmentation.variant = "8s"  # FCN-32s, -16s, -8s: skips from the stride-16/8 stages;
   # "4s" adds one from the stride-4 stage (small images).
@@ -192,7 +192,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.segmentation.num_pictures = 4  # Eval images drawn to workdir/segmentation/ after each eval.
 
   # task="detection" only: Faster R-CNN over the backbone model.name (its fields in
-  # model.kwargs); see vision_jax.models.faster_rcnn and vision_jax.tasks.detection. Boxes and
+  # model.kwargs); see vision_jax.tasks.detection.faster_rcnn and vision_jax.tasks.detection.task. Boxes and
   # sizes are in pixels of the letterboxed input.image_size images.
   c.detection = ml_collections.ConfigDict()
   c.detection.objects_key = "objects"  # The dataset's Sequence feature with bbox and label.

@@ -7,7 +7,7 @@ head and its task (`shape_and_centre`) in the registries, and its config names t
     cd experiments   # Or any directory that holds `example_paper/` (or put it on PYTHONPATH).
     python -m vision_jax.main --config=example_paper/config.py --workdir=/tmp/paper
     python -m vision_jax.viz feature_maps --workdir=/tmp/paper --indices=0
-    python -m vision_jax.models.summary paper_net --imports=example_paper --image_size=32
+    python -m vision_jax.tools.summary paper_net --imports=example_paper --image_size=32
 
 The task: classify the largest shape of a `synthetic_shapes` scene AND point at its centre.
 The centre is a `points` feature, so flips and crops move it with the image.

@@ -14,7 +14,7 @@ images. `logits` are float32 (B, num_classes), or None without a classifier; `fe
 dict of named activations:
 
 - `stage<k>`: (B, H / s, W / s, C_k) maps, k growing with depth. Heads find a stage's stride s
-  from its size (s = H / its height, rounded to a power of two: `fcn.stages_by_stride`) and take
+  from its size (s = H / its height, rounded to a power of two: `stages_by_stride`) and take
   the deepest stage at each stride they need, so k need not be log2(s): ResNet's `stage4` and
   VGG's `stage5` are both stride 32. FCN and Faster R-CNN read these.
 - `pre_logits`: (B, D), the vector the classifier reads (flattened where it reads a map), taken
@@ -41,11 +41,13 @@ and AlexNet/ZFNet (`conv<k>`) have none, so they serve R-CNN and the captioner b
 Faster R-CNN.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # What heads accept as their `backbone`: a registry name, a module, or a module constructor.
@@ -141,3 +143,37 @@ def build(backbone: Backbone, *, dtype: Any = jnp.float32, param_dtype: Any = jn
     raise ValueError(f"The backbone constructor {describe(backbone)} returned "
                      f"{type(module).__name__}, not a linen Module.")
   return module
+
+
+def fit(x: jax.Array, height: int, width: int) -> jax.Array:
+  """Crops (bottom/right) or edge-pads `x` (B, H, W, C) to (B, height, width, C)."""
+  x = x[:, :height, :width]
+  pad_h, pad_w = height - x.shape[1], width - x.shape[2]
+  if pad_h or pad_w:
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+  return x
+
+
+def stages_by_stride(features: Mapping[str, jax.Array], input_size: int,
+                     strides=(32, 16, 8)) -> tuple[str, ...]:
+  """The backbone stage at each of `strides`: for each, the deepest `stage<k>` that has it.
+
+  A stage's stride is `input_size / its height`, rounded to a power of two, so sizes not
+  divisible by 32 (floor or ceil pooling) still count.
+
+  Raises:
+    ValueError: naming the stages and their strides when one is missing.
+  """
+  found = {}
+  for name, x in features.items():
+    if name.startswith("stage") and name[5:].isdigit() and x.ndim == 4:
+      found[name] = 2 ** round(math.log2(input_size / x.shape[1]))
+  picked = []
+  for stride in strides:
+    names = sorted((n for n, s in found.items() if s == stride), key=lambda n: int(n[5:]))
+    if not names:
+      raise ValueError(f"The backbone has no stage at stride {stride}; its stages and strides "
+                       f"at {input_size} px: {found}. This head needs stages at strides {strides} "
+                       "(e.g. VGG, ResNet-18/50 with the ImageNet stem, GoogLeNet).")
+    picked.append(names[-1])
+  return tuple(picked)

@@ -4,10 +4,10 @@ import ml_collections
 
 from vision_jax import registry
 from vision_jax.tasks.base import Task
-from vision_jax.tasks.captioning import CaptioningTask
-from vision_jax.tasks.classification import ClassificationTask
-from vision_jax.tasks.detection import DetectionTask
-from vision_jax.tasks.segmentation import SegmentationTask
+from vision_jax.tasks.captioning.task import CaptioningTask
+from vision_jax.tasks.classification.task import ClassificationTask
+from vision_jax.tasks.detection.task import DetectionTask
+from vision_jax.tasks.segmentation.task import SegmentationTask
 
 # `config.task` → a `Task` subclass (built by its `from_config(config)`). Code outside the
 # package adds its own with `register`.

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vision_jax.data import datasets, transforms
-from vision_jax.train import parallel
+from vision_jax import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Task:
     Runs on every process after the summed metrics, and is where pictures are drawn: every
     process runs the same computations on `variables` (global arrays that may span processes:
     a jitted call on them is collective, and waits forever if one process skips it), with
-    replicated inputs and outputs (`parallel.replicated(mesh)`); only process 0 draws.
+    replicated inputs and outputs (`sharding.replicated(mesh)`); only process 0 draws.
     """
     del model, variables, config, eval_source, mesh, workdir, step
     return {}
@@ -177,6 +177,15 @@ def jitted_apply(model: nn.Module, mesh: jax.sharding.Mesh | None = None):
   """`model.apply(variables, *inputs, train=False)`, jitted once per model (modules hash by
   their fields); with a `mesh`, its outputs are replicated on every device of it, so that every
   process can read them (evaluation pictures and decoding in multi-process runs)."""
-  replicated = {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
+  replicated = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
   return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
                  **replicated)
+
+
+def merge_flipped_logits(logits: jax.Array, mirrored: jax.Array) -> jax.Array:
+  """Log of the mean softmax of two predictions, (..., K): logits whose softmax is the average
+  of both probabilities (computed in log space: finite even where a probability underflows)."""
+  dtype = jnp.promote_types(logits.dtype, jnp.float32)  # float64 stays float64.
+  both = jnp.logaddexp(jax.nn.log_softmax(logits.astype(dtype), -1),
+                       jax.nn.log_softmax(mirrored.astype(dtype), -1))
+  return both - jnp.log(2.0).astype(dtype)

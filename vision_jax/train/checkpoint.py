@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-_STATE, _META = "state", "meta"  # Item names inside a step directory.
+STATE_ITEM, META_ITEM = "state", "meta"  # Item names inside a step directory.
 _LOWER_IS_BETTER = ("loss",)
 # Multiplier of the element index in a fingerprint (Knuth's multiplicative hash), so that moved
 # elements change it too.
@@ -165,8 +165,8 @@ def read_meta(step_dir: str) -> dict | None:
   Returns:
     The meta dict, {} for a checkpoint without one, None when it exists but cannot be read.
   """
-  path = epath.Path(step_dir) / _META / "metadata"
-  if not (epath.Path(step_dir) / _META).exists():
+  path = epath.Path(step_dir) / META_ITEM / "metadata"
+  if not (epath.Path(step_dir) / META_ITEM).exists():
     return {}
   try:
     return json.loads(path.read_text())
@@ -264,7 +264,7 @@ class Checkpointer:
 
   def saved_structure(self, step: int):
     """The saved state's tree of array metadata (shapes, dtypes); reads no array data."""
-    return ocp.PyTreeCheckpointHandler().metadata(self._step_dir(step) / _STATE).tree
+    return ocp.PyTreeCheckpointHandler().metadata(self._step_dir(step) / STATE_ITEM).tree
 
   # --- Writing ---------------------------------------------------------------------------
 
@@ -289,7 +289,7 @@ class Checkpointer:
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     meta = {"step": step, "metrics": metrics, "fingerprints": prints}
     self._manager.save(step, args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardSave(state), _META: ocp.args.JsonSave(meta)}), force=True)
+        **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}), force=True)
     self._metrics[step] = metrics
 
   def confirm(self, step: int) -> None:
@@ -359,7 +359,7 @@ class Checkpointer:
     if differences:
       raise StructureMismatchError(step, differences)
     return self._manager.restore(step, args=ocp.args.Composite(
-        **{_STATE: ocp.args.StandardRestore(abstract_state)}))[_STATE]
+        **{STATE_ITEM: ocp.args.StandardRestore(abstract_state)}))[STATE_ITEM]
 
   def _verify(self, step: int, state) -> str | None:
     """Why a read state is not the saved one, or None (a global computation: all processes)."""

@@ -24,10 +24,10 @@ from jax.experimental import multihost_utils
 from vision_jax import config as config_lib
 from vision_jax import errors, tasks
 from vision_jax.data import datasets, pipeline
-from vision_jax.train import checkpoint, inference, metric_writer, optim, parallel, startup, steps
+from vision_jax.train import checkpoint, curves, metric_writer, optim, startup, steps, weights
+from vision_jax import sharding
 from vision_jax.train import workdir as workdir_lib
-from vision_jax.train.state import load_pretrained, train_state_initializer
-from vision_jax.viz import curves
+from vision_jax.train.state import train_state_initializer
 
 
 class _Preemption:
@@ -147,7 +147,7 @@ def _start_state(config: ml_collections.ConfigDict, workdir: str, ckpt: checkpoi
     return restored.state, restored.step
   state = init(jax.random.key(config.seed))
   if config.model.init_from is not None:
-    state, fresh = load_pretrained(state, inference.read_weights(config.model.init_from))
+    state, fresh = weights.load_pretrained(state, weights.read_weights(config.model.init_from))
     loaded = len(jax.tree.leaves(state.params)) + len(jax.tree.leaves(state.batch_stats))
     _say(f"Started from {config.model.init_from}: {loaded - len(fresh)} of {loaded} arrays "
          f"loaded; freshly initialised: {fresh or 'none'}")
@@ -196,7 +196,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
-  mesh = parallel.make_mesh(fsdp=config.parallel.fsdp)
+  mesh = sharding.make_mesh(fsdp=config.parallel.fsdp)
 
   builder = datasets.builder_from_config(config.dataset)
   task.check_dataset(builder)
@@ -218,7 +218,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = task.build_model(config, builder)
   if config.parallel.strategy == "pmap" and hasattr(model, "bn_axis_name"):
-    model = model.clone(bn_axis_name=parallel.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
+    model = model.clone(bn_axis_name=sharding.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
   tx = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
   init, abstract = train_state_initializer(

@@ -3,14 +3,12 @@
 from typing import Any, Callable
 
 import flax
-from flax import traverse_util
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from vision_jax import errors
-from vision_jax.train import parallel
+from vision_jax import sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -75,7 +73,7 @@ def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
     init_inputs: example inputs `model.init` is traced with; default one zero image.
 
   Returns:
-    `(init, abstract)`: `init(rng)` creates the state laid out as `parallel.state_shardings`
+    `(init, abstract)`: `init(rng)` creates the state laid out as `sharding.state_shardings`
     says; `abstract` is the same state as `jax.ShapeDtypeStruct`s carrying those shardings.
   """
   def init(rng):
@@ -88,7 +86,7 @@ def train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
         ema_params=params if use_ema else None, apply_fn=model.apply, tx=tx)
 
   shapes = jax.eval_shape(init, jax.random.key(0))
-  shardings = parallel.state_shardings(mesh, shapes)
+  shardings = sharding.state_shardings(mesh, shapes)
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
   return jax.jit(init, out_shardings=shardings), abstract
@@ -111,52 +109,3 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   init, _ = train_state_initializer(model, tx, image_shape, mesh, use_ema, init_inputs)
   return init(rng)
 
-
-# Models that wrap a registry backbone (FCN) keep its parameters under this prefix.
-BACKBONE_PREFIX = "backbone/"
-
-
-def load_pretrained(state: TrainState, variables: dict) -> tuple[TrainState, list[str]]:
-  """Starts from pretrained weights: every parameter and BatchNorm statistic whose path and
-  shape match is replaced; the rest keep their fresh initialisation. A path under `backbone/`
-  also matches the same path without it, so a classifier's weights start an FCN's backbone.
-
-  Args:
-    state: a freshly created train state.
-    variables: `{"params", "batch_stats"}` (numpy), e.g. from
-      `vision_jax.models.torch_import.load_converted`.
-
-  Returns:
-    The state (arrays placed with the old ones' shardings; the EMA restarts from the new
-    parameters) and the paths that kept their initialisation (e.g. `params/head/kernel` when the
-    class count differs).
-
-  Raises:
-    errors.UserError: when not one kernel (rank >= 2) matches: weights of another architecture.
-  """
-  kept = []
-
-  def overlay(collection: str, tree):
-    loaded = traverse_util.flatten_dict(variables.get(collection) or {}, sep="/")
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    for path, leaf in flat.items():
-      new = loaded.get(path)
-      if new is None and path.startswith(BACKBONE_PREFIX):  # A classifier's weights in an FCN.
-        new = loaded.get(path[len(BACKBONE_PREFIX):])
-      if new is None or tuple(new.shape) != tuple(leaf.shape):
-        kept.append(f"{collection}/{path}")
-        continue
-      flat[path] = jax.device_put(jnp.asarray(new, leaf.dtype), leaf.sharding)
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-  params = overlay("params", state.params)
-  flat = traverse_util.flatten_dict(params, sep="/")
-  if not any(leaf.ndim >= 2 and f"params/{path}" not in kept for path, leaf in flat.items()):
-    names = list(traverse_util.flatten_dict(variables.get("params") or {}, sep="/"))[:3]
-    raise errors.UserError(
-        "Not one weight kernel of the model matches the pretrained weights (by path and "
-        f"shape): they are of another architecture (they hold e.g. {names}). Set "
-        "config.model.init_from to weights of this model, or train it from scratch.")
-  batch_stats = overlay("batch_stats", state.batch_stats) if state.batch_stats else {}
-  ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
-  return state.replace(params=params, batch_stats=batch_stats, ema_params=ema), kept

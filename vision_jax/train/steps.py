@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax import tasks
-from vision_jax.train import parallel
+from vision_jax import sharding
 from vision_jax.train.state import TrainState
 
 # Folded into a step's key for `Task.augment_batch`, apart from dropout's key.
@@ -161,20 +161,20 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, 
 
   `eval_flip` averages the eval predictions of each image and its mirror (`eval_step`).
 
-  `jit`: state with the shardings of `parallel.state_shardings` (replicated, or FSDP-split),
+  `jit`: state with the shardings of `sharding.state_shardings` (replicated, or FSDP-split),
   batches split over all devices. `pmap`: replicated state in pmap's layout, each device
-  averaging with the others over `parallel.PMAP_AXIS` (the model's BatchNorm must use it too).
+  averaging with the others over `sharding.PMAP_AXIS` (the model's BatchNorm must use it too).
   """
-  state_sharding = parallel.state_shardings(mesh, state)
-  batch_sharding = parallel.data_sharding(mesh)
-  scalar = parallel.replicated(mesh)
+  state_sharding = sharding.state_shardings(mesh, state)
+  batch_sharding = sharding.data_sharding(mesh)
+  scalar = sharding.replicated(mesh)
   step = functools.partial(train_step, task=task, ema_decay=ema_decay,
                            grad_accum_steps=grad_accum_steps)
   def compile_eval(raw):
     evaluate = jax.jit(functools.partial(eval_step, task=task, flip=eval_flip, raw=raw),
                        in_shardings=(state_sharding, batch_sharding), out_shardings=scalar)
     return lambda global_state, local_batch: evaluate(
-        global_state, parallel.to_global(local_batch, batch_sharding))
+        global_state, sharding.to_global(local_batch, batch_sharding))
 
   eval_local, eval_raw = compile_eval(False), compile_eval(True)
 
@@ -182,19 +182,19 @@ def compile_steps(mesh: jax.sharding.Mesh, state: TrainState, task: tasks.Task, 
     train = jax.jit(step, in_shardings=(state_sharding, batch_sharding),
                     out_shardings=(state_sharding, scalar), donate_argnums=(0,))
     return CompiledSteps(
-        train=lambda s, local_batch: train(s, parallel.to_global(local_batch, batch_sharding)),
+        train=lambda s, local_batch: train(s, sharding.to_global(local_batch, batch_sharding)),
         evaluate=eval_local, evaluate_raw=eval_raw, to_train_layout=lambda s: s,
         to_global=lambda s: s)
   if strategy == "pmap":
-    train = jax.pmap(functools.partial(step, axis_name=parallel.PMAP_AXIS),
-                     axis_name=parallel.PMAP_AXIS, donate_argnums=(0,))
+    train = jax.pmap(functools.partial(step, axis_name=sharding.PMAP_AXIS),
+                     axis_name=sharding.PMAP_AXIS, donate_argnums=(0,))
 
     def train_local(pmap_state, local_batch):
-      new_state, metrics = train(pmap_state, parallel.pmap_batch(local_batch))
-      return new_state, parallel.first_local_copy(metrics)
+      new_state, metrics = train(pmap_state, sharding.pmap_batch(local_batch))
+      return new_state, sharding.first_local_copy(metrics)
 
     return CompiledSteps(train=train_local, evaluate=eval_local, evaluate_raw=eval_raw,
-                         to_train_layout=parallel.to_pmap,
-                         to_global=lambda s: parallel.from_pmap(s, mesh))
+                         to_train_layout=sharding.to_pmap,
+                         to_global=lambda s: sharding.from_pmap(s, mesh))
   raise ValueError(f"Unknown strategy {strategy!r}; valid choices: ['jit', 'pmap']")
 

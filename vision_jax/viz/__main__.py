@@ -26,10 +26,9 @@ import argparse
 import jax
 import numpy as np
 
-from vision_jax import errors
-from vision_jax.train import inference
-from vision_jax.viz import (activations, attribution, convolution, filters, max_pool,
-                            model_pictures, pixels, sample_images, x_vs_o)
+from vision_jax import errors, inference
+from vision_jax.course import convolution, filters, max_pool, pixels, sample_images, x_vs_o
+from vision_jax.viz import activations, attribution, model_pictures
 
 
 def _pixels(args) -> None:

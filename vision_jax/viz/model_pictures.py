@@ -7,11 +7,10 @@ These take arrays (kernels, activations, maps), not checkpoints, so they work on
 import math
 
 from flax import traverse_util
-import matplotlib.cm
 import numpy as np
 
 from vision_jax import errors
-from vision_jax.viz import figures
+from vision_jax import figures
 
 
 def first_conv_kernel(params: dict) -> tuple[str, np.ndarray]:
@@ -121,15 +120,6 @@ def plot_saliency(images: np.ndarray, maps: np.ndarray, classes, labels, class_n
   return figures.save(fig, path)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-  """An (H, W, 3) float image: `heat` in [0, 1] as the jet colour map over a uint8 image."""
-  rgb = np.asarray(image, np.float32) / 255.0
-  if rgb.shape[-1] == 1:
-    rgb = np.repeat(rgb, 3, axis=-1)
-  colours = matplotlib.colormaps["jet"](np.clip(heat, 0, 1))[..., :3]  # (H, W, 3)
-  return (1 - alpha) * rgb + alpha * colours
-
-
 def plot_gradcam(images: np.ndarray, maps: np.ndarray, classes, labels, class_names,
                  path: str, title: str = "") -> str:
   """Images above their Grad-CAM maps laid over them (red: where the class evidence is).
@@ -149,5 +139,5 @@ def plot_gradcam(images: np.ndarray, maps: np.ndarray, classes, labels, class_na
   for ax_img, ax_map, image, m, text in zip(axes[0], axes[1], images, maps,
                                             _labels(classes, labels, class_names)):
     figures.show(ax_img, image, title=text)
-    ax_map.imshow(np.clip(overlay(image, m), 0, 1), interpolation="nearest")
+    ax_map.imshow(np.clip(figures.overlay(image, m), 0, 1), interpolation="nearest")
   return figures.save(fig, path)

@@ -1,0 +1,282 @@
+"""Object detection: Faster R-CNN over a registry backbone, COCO-style mAP.
+
+Data: any dataset whose examples carry `image` and a TFDS `Sequence` of objects (by default
+`objects`, with `bbox` (N, 4) normalised (ymin, xmin, ymax, xmax) and `label` (N,)), i.e. the
+embedded `synthetic_shapes` and `fashion_scenes`, and TFDS `coco/2017` and `voc/2007`.
+`example_transform` letterboxes each image to `input.image_size` (longer side to the size,
+zero padding at the bottom/right), turns its boxes into pixels of that image and pads them to
+`max_boxes` rows (labels -1 on padding; boxes past `max_boxes` are dropped, as are crowd
+boxes (`is_crowd`) and empty boxes).
+
+Flips: the pipeline's per-record random flip (drawn from the record's global position, so the
+stream stays deterministic and resumable) moves `image` and the pixel `boxes` together
+(`transforms.flip_where`, as `feature_kinds` declares), and so do crops and scales
+(`input.train_crop`); a box a crop leaves without area becomes an all-zero row, and
+`model_inputs` gives it label -1, so the targets do not count it as an object.
+
+Evaluation: `eval_sums` only counts images and detections; `evaluate_more` runs the detector
+over the whole eval split on every process (replicated, as captioning decodes) and computes
+mAP@[.5:.95], mAP@.5 and mAP@.75 with `vision_jax.tasks.detection.metrics`, so every process holds
+every image and no gathering is needed. Process 0 draws the first `num_pictures` images with
+their ground truth and predicted boxes.
+"""
+
+import dataclasses
+from typing import ClassVar
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vision_jax import errors
+from vision_jax.data import datasets, pipeline, transforms
+from vision_jax.tasks.detection import metrics as det_metrics
+from vision_jax.models import precision
+from vision_jax.tasks.detection import faster_rcnn
+from vision_jax.tasks import base
+from vision_jax import sharding
+
+LOSSES = ("rpn_objectness", "rpn_box", "rcnn_class", "rcnn_box")
+# `config.detection` fields that are `FasterRCNN` fields of the same name.
+MODEL_FIELDS = (
+    "feature_strides", "feature_width", "anchor_sizes", "anchor_ratios", "rpn_width",
+    "rpn_batch_size", "rpn_positive_fraction", "rpn_positive_iou", "rpn_negative_iou",
+    "rpn_pre_nms_train", "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test",
+    "rpn_nms_iou", "rpn_min_size", "roi_batch_size", "roi_positive_fraction",
+    "roi_foreground_iou", "pooled_size", "sampling_ratio", "head_width", "smooth_l1_beta",
+    "score_threshold", "nms_iou", "max_detections")
+
+
+def letterbox(image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+  """Resizes the longer side to `size` (bilinear) and zero-pads to `size`×`size` at the
+  bottom/right. Returns the image and the (height, width) the content covers. None: as is."""
+  h, w = image.shape[:2]
+  if size is None or (h == size and w == size):
+    return image, (h, w)
+  scale = size / max(h, w)
+  new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+  squeeze = image.ndim == 3 and image.shape[2] == 1
+  resized = np.asarray(Image.fromarray(image[..., 0] if squeeze else image).resize(
+      (new_w, new_h), Image.BILINEAR))
+  resized = resized[..., None] if squeeze else resized
+  canvas = np.zeros((size, size) + image.shape[2:], image.dtype)
+  canvas[:new_h, :new_w] = resized
+  return canvas, (new_h, new_w)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionTask(base.Task):
+  """Boxes and classes of objects; see the module docstring.
+
+  Attributes:
+    image_size: side of the letterboxed images (None: keep the dataset's size).
+    max_boxes: ground-truth boxes per image (static padding).
+    objects_key: the dataset's `Sequence` feature of objects (`bbox`, `label`).
+    class_names: one name per class; () takes the dataset's `<objects_key>/label` names in
+      `prepare` (which also checks that given names are as many as the dataset's classes).
+    loss_weights: weights of the losses in `LOSSES` order.
+    eval_max_detections: detections per image and class counted by the mAP (COCO: 100).
+    num_pictures: eval images drawn after each eval.
+  """
+  image_size: int | None = None
+  max_boxes: int = 100
+  objects_key: str = "objects"
+  class_names: tuple[str, ...] = ()
+  loss_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+  eval_max_detections: int = 100
+  num_pictures: int = 4
+
+  metric_names: ClassVar[tuple[str, ...]] = ("map50", "map", "map75")
+  lower_is_better: ClassVar[tuple[str, ...]] = ()
+  curve_metric: ClassVar[str] = "map50"
+  picture_dir: ClassVar[str] = "detection"
+  # After `example_transform`: pixel boxes move with the image; their labels do not.
+  feature_kinds: ClassVar[transforms.FeatureKinds] = {
+      "image": "image", "boxes": "boxes", "labels": "other"}
+
+  @property
+  def keys(self) -> tuple[str, ...]:
+    return ("image", self.objects_key)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "DetectionTask":
+    d = config.detection
+    return cls(image_size=config.input.image_size, max_boxes=d.max_boxes,
+               objects_key=d.objects_key, class_names=tuple(d.class_names),
+               loss_weights=tuple(d.loss_weights), eval_max_detections=d.eval_max_detections,
+               num_pictures=d.num_pictures)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def prepare(self, builder: tfds.core.DatasetBuilder, train_source,
+              workdir: str) -> "DetectionTask":
+    """Takes the class names from the dataset unless the config names them.
+
+    Raises:
+      errors.UserError: when the dataset has no `<objects_key>` feature with a `label`.
+    """
+    del train_source, workdir
+    names = dataset_class_names(builder, self.objects_key)
+    if not self.class_names:
+      return dataclasses.replace(self, class_names=names)
+    if len(self.class_names) != len(names):
+      raise errors.UserError(
+          f"config.detection.class_names names {len(self.class_names)} classes, but "
+          f"{builder.info.full_name!r} has {len(names)}: {names}.")
+    return self
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    datasets.check_features(builder, {"image": None, self.objects_key: "detection.objects_key"})
+    dataset_class_names(builder, self.objects_key)
+
+  def example_transform(self, example: dict) -> dict:
+    """Letterboxed image, padded pixel boxes (M, 4) and labels (M,)."""
+    image, (h, w) = letterbox(example["image"], self.image_size)
+    objects = example[self.objects_key]
+    boxes = np.asarray(objects["bbox"], np.float32).reshape(-1, 4) * np.float32([h, w, h, w])
+    labels = np.asarray(objects["label"], np.int32).reshape(-1)
+    crowd = np.asarray(objects.get("is_crowd", np.zeros(len(labels))), bool).reshape(-1)
+    n = min(len(boxes), len(labels), len(crowd))  # Equal in real data (not in TFDS mock data).
+    boxes, labels = boxes[:n], labels[:n]
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & ~crowd[:n]
+    boxes, labels = boxes[keep][:self.max_boxes], labels[keep][:self.max_boxes]
+    n = len(labels)
+    padded_boxes = np.zeros((self.max_boxes, 4), np.float32)
+    padded_boxes[:n] = boxes
+    padded_labels = np.full((self.max_boxes,), -1, np.int32)
+    padded_labels[:n] = labels
+    # The pipeline's flips move the boxes with the image (`feature_kinds`).
+    return {"image": image, "boxes": padded_boxes, "labels": padded_labels}
+
+  def build_model(self, config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder | None) -> nn.Module:
+    """Faster R-CNN over the backbone `config.model.name` (its fields in `config.model.kwargs`)."""
+    del builder  # The classes are known after `prepare`.
+    if not self.class_names:
+      raise ValueError("DetectionTask has no class names: set config.detection.class_names or "
+                       "call `prepare` with the dataset first.")
+    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    d = config.detection
+    return faster_rcnn.FasterRCNN(
+        num_classes=self.num_classes, backbone=config.model.name,
+        backbone_kwargs=flax.core.FrozenDict(
+            {k: as_tuple(v) for k, v in config.model.kwargs.items()}),
+        **precision.dtypes(config.model.dtype), **{f: as_tuple(d[f]) for f in MODEL_FIELDS})
+
+  def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
+    return (jnp.zeros((1, *image_shape), jnp.float32),
+            jnp.zeros((1, self.max_boxes, 4), jnp.float32),
+            jnp.full((1, self.max_boxes), -1, jnp.int32))
+
+  def model_inputs(self, batch: dict) -> tuple:
+    """Image, boxes and labels; a box that a crop left without area is no object (label -1)."""
+    boxes = batch["boxes"]  # (B, M, 4)
+    real = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])  # (B, M)
+    return batch["image"], boxes, jnp.where(real, batch["labels"], -1)
+
+  def loss(self, outputs, batch: dict) -> tuple[jax.Array, dict]:
+    losses, _ = outputs
+    total = sum(w * losses[k] for w, k in zip(self.loss_weights, LOSSES))
+    return total, {**losses, "loss": total}
+
+  def eval_sums(self, outputs, batch: dict) -> dict:
+    detections, _ = outputs
+    weight = batch["weight"]
+    return {"count": weight.sum(),
+            "detections": (detections["valid"].sum(axis=1) * weight).sum()}
+
+  def finalize(self, sums: dict) -> dict:
+    count = float(np.asarray(sums["count"]))
+    return {"num_examples": int(count),
+            "detections_per_image": float(np.asarray(sums["detections"])) / max(count, 1.0)}
+
+  def summary(self, metrics: dict) -> str:
+    return (f"mAP@.5 {metrics['map50']:.4f}, mAP@[.5:.95] {metrics['map']:.4f}, "
+            f"mAP@.75 {metrics['map75']:.4f}, {metrics['detections_per_image']:.1f} "
+            "detections per image")
+
+  def predict(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
+              source, mesh: jax.sharding.Mesh, limit: int | None = None) -> tuple[list, list]:
+    """Detections and ground truth of the first `limit` (None: all) images of `source`.
+
+    Every process runs the whole split (replicated), so all of them get every image.
+
+    Returns:
+      `(detections, ground_truths)`: per-image dicts in pixels of the letterboxed image,
+      {"boxes", "labels", "scores"} and {"boxes", "labels"}.
+    """
+    predict_fn = base.jitted_apply(model, mesh)
+    replicated = sharding.replicated(mesh)
+    detections, truths = [], []
+    count = len(source) if limit is None else min(limit, len(source))
+    for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
+                                       keys=self.keys, kinds=self.feature_kinds,
+                                       example_fn=self.example_transform, shard=False):
+      if len(detections) >= count:
+        break
+      real = min(int(batch["weight"].sum()), count - len(detections))
+      images = sharding.to_global({"image": batch["image"]}, replicated)["image"]
+      out = jax.device_get(predict_fn(variables, images)[0])
+      for i in range(real):
+        valid, truth = out["valid"][i], batch["labels"][i] >= 0
+        detections.append({"boxes": out["boxes"][i][valid], "labels": out["classes"][i][valid],
+                           "scores": out["scores"][i][valid]})
+        truths.append({"boxes": batch["boxes"][i][truth], "labels": batch["labels"][i][truth]})
+    return detections, truths
+
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """`detections`: per image, {"boxes" (D, 4) in pixels, "labels" (D,), "scores" (D,)}."""
+    out = jax.device_get(base.jitted_apply(model)(variables, images)[0])
+    return {"detections": [
+        {"boxes": out["boxes"][i][valid], "labels": out["classes"][i][valid],
+         "scores": out["scores"][i][valid]} for i, valid in enumerate(out["valid"])]}
+
+  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
+                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
+    """COCO-style mAP over the eval split; per-class AP@.5; pictures on process 0."""
+    detections, truths = self.predict(model, variables, config, eval_source, mesh)
+    result = det_metrics.average_precision(detections, truths, self.num_classes,
+                                           max_detections=self.eval_max_detections)
+    metrics = {"map": result["map"], "map50": result["map50"], "map75": result["map75"]}
+    for name, ap50 in zip(self.class_names, result["ap"][:, 0]):
+      if not np.isnan(ap50):
+        metrics[f"ap50/{_tag(name)}"] = float(ap50)
+    if jax.process_index() == 0 and self.num_pictures:
+      from vision_jax.tasks.detection import pictures as det_viz  # matplotlib: only when drawing.
+      n = min(self.num_pictures, len(detections))
+      images = [self.example_transform(eval_source[i])["image"] for i in range(n)]
+      det_viz.plot_detections(
+          images, truths[:n], detections[:n], self.class_names,
+          self.picture_path(workdir, step),
+          title=f"Faster R-CNN ({config.model.name}) on {config.dataset.name}, step {step}")
+    return metrics
+
+
+def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> tuple[str, ...]:
+  """The names of `<objects_key>/label` in the dataset's features.
+
+  Raises:
+    errors.UserError: when the feature is missing or has no names.
+  """
+  features = builder.info.features
+  if objects_key not in features or "label" not in features[objects_key].feature:
+    raise errors.UserError(f"Dataset {builder.info.full_name!r} has no '{objects_key}/label' "
+                           f"feature (its features: {sorted(features)}); set "
+                           "config.detection.objects_key, or pick a dataset with boxes.")
+  names = getattr(features[objects_key].feature["label"], "names", None)
+  if not names:
+    raise errors.UserError(f"'{objects_key}/label' of {builder.info.full_name!r} has no class "
+                           "names; set config.detection.class_names.")
+  return tuple(names)
+
+
+def _tag(name: str) -> str:
+  """A class name as a metric name (no slashes or spaces)."""
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

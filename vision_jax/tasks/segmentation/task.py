@@ -1,0 +1,231 @@
+"""Semantic segmentation: a class per pixel, FCN models, mIoU from an exact confusion matrix.
+
+Masks arrive as the dataset stores them, (B, H, W, 1) integers, under the batch key `mask`
+(read from the dataset feature `segmentation.mask_key`). On the device they are mapped to
+classes through `segmentation.label_map`; pixels of `ignore_label`, of values the map leaves out
+and of padding (the random-scale crop pads masks with `transforms.MASK_FILL`) are ignored by
+the loss and the metrics.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import ClassVar
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow_datasets as tfds
+
+from vision_jax.data import datasets, pipeline, transforms
+from vision_jax.tasks.segmentation import metrics as seg_metrics
+from vision_jax.models import precision
+from vision_jax.tasks.segmentation import fcn
+from vision_jax.tasks import base
+from vision_jax import sharding
+
+IGNORED = -1  # The class of ignored pixels after `label_table`.
+
+
+def label_table(num_classes: int, label_map: tuple[int, ...], ignore_label: int) -> np.ndarray:
+  """Lookup table raw mask value (0..255) → class, with `IGNORED` for pixels to ignore.
+
+  Args:
+    num_classes: K.
+    label_map: raw value v → class `label_map[v]` (negative: ignore); values beyond it are
+      ignored. Empty: the identity for v < K, other values ignored.
+    ignore_label: a raw value that is always ignored (e.g. 255, VOC's object boundaries).
+
+  Raises:
+    ValueError: when `label_map` names a class outside [0, K).
+  """
+  table = np.full(256, IGNORED, np.int32)
+  if label_map:
+    if max(label_map) >= num_classes:
+      raise ValueError(f"label_map {label_map} names class {max(label_map)}, but there are only "
+                       f"{num_classes} classes.")
+    table[:len(label_map)] = np.where(np.asarray(label_map) < 0, IGNORED, label_map)
+  else:
+    table[:num_classes] = np.arange(num_classes)
+  if 0 <= ignore_label < 256:
+    table[ignore_label] = IGNORED
+  return table
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
+                        class_weights: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Per-pixel softmax cross-entropy and its weight, zero at ignored pixels.
+
+  Args:
+    logits: (B, H, W, K) float32.
+    labels: (B, H, W) int classes; `IGNORED` (or any negative value) is ignored.
+    class_weights: (K,) weight of each true class; None weighs every pixel 1.
+
+  Returns:
+    `(loss, weight)`, both (B, H, W): the loss already multiplied by the weight. The mean loss
+    is `loss.sum() / weight.sum()` (PyTorch's weighted `CrossEntropyLoss`).
+  """
+  valid = labels >= 0
+  safe = jnp.where(valid, labels, 0)
+  weight = valid.astype(jnp.float32)
+  if class_weights is not None:
+    weight = weight * class_weights[safe]
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, safe)  # (B, H, W)
+  return loss * weight, weight
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationTask(base.Task):
+  """A class per pixel.
+
+  Attributes:
+    class_names: one name per class (K = its length); pictures label colours with them.
+    mask_key: the dataset feature holding the masks.
+    label_map: raw mask value → class (see `label_table`).
+    ignore_label: raw mask value whose pixels are ignored.
+    class_weights: per-class loss weights; empty weighs every pixel 1.
+    num_pictures: eval images drawn after each eval (image | truth | prediction); 0: none.
+  """
+  class_names: tuple[str, ...]
+  mask_key: str = "mask"
+  label_map: tuple[int, ...] = ()
+  ignore_label: int = 255
+  class_weights: tuple[float, ...] = ()
+  num_pictures: int = 4
+
+  keys: ClassVar[tuple[str, ...]] = ("image", "mask")
+  feature_kinds: ClassVar[transforms.FeatureKinds] = {"image": "image", "mask": "mask"}
+  metric_names: ClassVar[tuple[str, ...]] = ("miou", "pixel_accuracy", "mean_accuracy", "loss")
+  curve_metric: ClassVar[str] = "miou"
+  picture_dir: ClassVar[str] = "segmentation"
+  supports_eval_flip: ClassVar[bool] = True
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "SegmentationTask":
+    s = config.segmentation
+    return cls(class_names=tuple(s.class_names), mask_key=s.mask_key,
+               label_map=tuple(s.label_map), ignore_label=s.ignore_label,
+               class_weights=tuple(s.class_weights), num_pictures=s.num_pictures)
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def dataset_keys(self) -> dict[str, str]:
+    return {"image": "image", "mask": self.mask_key}
+
+  def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
+    datasets.check_features(builder, {"image": None, self.mask_key: "segmentation.mask_key"})
+
+  def build_model(self, config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder | None) -> nn.Module:
+    """An FCN over the backbone `config.model.name` (its fields in `config.model.kwargs`)."""
+    del builder  # The classes come from the config: masks carry no class names.
+    s = config.segmentation
+    return fcn.FCN(
+        num_classes=self.num_classes, backbone=config.model.name, variant=s.variant,
+        backbone_kwargs=flax.core.FrozenDict(
+            {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.kwargs.items()}),
+        head_width=s.head_width, head_kernel=s.head_kernel,
+        learn_final_upsample=s.learn_final_upsample, dropout_rate=s.dropout_rate,
+        **precision.dtypes(config.model.dtype))
+
+  def labels(self, batch: dict) -> jax.Array:
+    """The batch's masks as classes (B, H, W), `IGNORED` where pixels do not count."""
+    table = jnp.asarray(label_table(self.num_classes, self.label_map, self.ignore_label))
+    mask = batch["mask"][..., 0].astype(jnp.int32)  # (B, H, W)
+    return jnp.take(table, mask, mode="fill", fill_value=IGNORED)
+
+  def _class_weights(self) -> jax.Array | None:
+    return jnp.asarray(self.class_weights, jnp.float32) if self.class_weights else None
+
+  def loss(self, outputs, batch: dict) -> tuple[jax.Array, dict]:
+    logits, _ = outputs  # (B, H, W, K)
+    labels = self.labels(batch)
+    loss, weight = pixel_cross_entropy(logits, labels, self._class_weights())
+    mean_loss = loss.sum() / jnp.maximum(weight.sum(), 1e-6)
+    valid = labels >= 0
+    hits = (jnp.argmax(logits, -1) == labels) & valid
+    return mean_loss, {"loss": mean_loss, "weight": weight.sum(),
+                       "pixel_accuracy": hits.sum() / jnp.maximum(valid.sum(), 1)}
+
+  def eval_sums(self, outputs, batch: dict) -> dict:
+    logits, _ = outputs
+    labels = self.labels(batch)
+    labels = jnp.where(batch["weight"][:, None, None] > 0, labels, IGNORED)  # Padding rows.
+    loss, weight = pixel_cross_entropy(logits, labels, self._class_weights())
+    return {
+        "confusion": seg_metrics.confusion_matrix(labels, jnp.argmax(logits, -1), labels >= 0,
+                                                  self.num_classes),  # (K, K)
+        "loss": loss.sum(), "loss_weight": weight.sum(), "count": batch["weight"].sum()}
+
+  def merge_flipped(self, outputs, mirrored_outputs):
+    """Flip averaging: the mirrored image's logits flipped back onto the original pixels, then
+    the mean of both softmaxes per pixel, as log-probabilities."""
+    logits, features = outputs  # (B, H, W, K)
+    return base.merge_flipped_logits(logits, mirrored_outputs[0][:, :, ::-1]), features
+
+  def finalize(self, sums: dict) -> dict:
+    sums = jax.device_get(sums)
+    metrics = seg_metrics.metrics_from_confusion(sums["confusion"])
+    iou = metrics.pop("iou")
+    metrics["loss"] = float(sums["loss"]) / max(float(sums["loss_weight"]), 1e-6)
+    metrics["num_examples"] = int(sums["count"])
+    metrics["num_pixels"] = int(np.asarray(sums["confusion"], np.int64).sum())
+    for name, value in zip(self.class_names, iou):
+      if not np.isnan(value):  # NaN: the class is neither in the labels nor predicted.
+        metrics[f"iou/{_tag(name)}"] = float(value)
+    return metrics
+
+  def summary(self, metrics: dict) -> str:
+    return (f"mIoU {metrics['miou']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f}, "
+            f"mean accuracy {metrics['mean_accuracy']:.4f}, loss {metrics['loss']:.4f}")
+
+  def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
+    """`mask` (B, H, W): the predicted class of each pixel."""
+    logits, _ = base.jitted_apply(model)(variables, images)
+    return {"mask": np.asarray(jnp.argmax(logits, -1))}
+
+  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
+                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
+    """Draws the first `num_pictures` eval images: image | ground truth | prediction.
+
+    Every process predicts them (the state may span processes, so the computation is
+    collective); process 0 draws. No metrics.
+    """
+    if not self.num_pictures:
+      return {}
+    raw, batch = pipeline.eval_examples(eval_source,
+                                        pipeline.InputOptions.from_config(config.input),
+                                        self.num_pictures, keys=self.keys,
+                                        kinds=self.feature_kinds)
+    images = sharding.to_global({"image": batch["image"]}, sharding.replicated(mesh))["image"]
+    predicted = np.asarray(_predict_fn(model, mesh)(variables, images))  # (N, H, W) classes
+    if jax.process_index() == 0:
+      from vision_jax.tasks.segmentation import pictures as seg_viz  # matplotlib: only when drawing.
+      path = self.picture_path(workdir, step)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)), predicted,
+                               self.class_names, path,
+                               title=f"{config.model.name} FCN-{config.segmentation.variant} "
+                               f"on {config.dataset.name}, step {step}")
+    return {}
+
+
+@functools.lru_cache(maxsize=4)
+def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
+  """Per-pixel classes of `model` in eval mode, replicated on every device of `mesh` (so
+  every process can read them), jitted once per model (pictures are drawn after every eval)."""
+  def predict(variables, images):
+    logits, _ = model.apply(variables, images, train=False)
+    return jnp.argmax(logits, -1)
+  return jax.jit(predict, out_shardings=sharding.replicated(mesh))
+
+
+def _tag(name: str) -> str:
+  """A class name as a metric name (no slashes or spaces)."""
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

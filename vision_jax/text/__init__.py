@@ -1,1 +1,0 @@
-"""Text handling for captioning: word-level vocabulary and tokenisation."""

@@ -1,0 +1,1 @@
+"""Tools around models: the model summary and the torchvision weight converter."""
