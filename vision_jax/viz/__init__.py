@@ -1,10 +1,8 @@
-"""Pictures people look at: training curves, and what the network sees.
+"""Looking inside trained models: first-layer filters, feature maps, saliency and Grad-CAM.
 
-Course-notes pictures: `pixels` (images are numbers), `convolution` (by hand, step by step),
-`filters` (sharpen, edge detect), `max_pool`, `x_vs_o` (a tiny CNN learns the notes' X filters).
-Trained-model pictures (`model_pictures`): first-layer filters, feature maps, saliency and
-Grad-CAM (`attribution`, on activations named by `activations`). Command line:
-`python -m vision_jax.viz --help`. Tasks draw their eval pictures after every eval:
-`segmentation` (image | truth | prediction), `captions` (captions and attention maps),
-`detection` (ground-truth and predicted boxes).
+`activations` names a model's intermediate activations, `attribution` computes saliency and
+Grad-CAM maps from them, `model_pictures` draws them. Command line (which also runs the course
+notes' demonstrations from `vision_jax.course`): `python -m vision_jax.viz --help`. Each task
+draws its own eval pictures (`vision_jax.tasks.<task>.pictures`); training curves are drawn by
+`vision_jax.train.curves`.
 """
