@@ -165,7 +165,7 @@ def test_a_paper_package_outside_vision_jax_trains_resumes_and_is_shown(tiny_sha
   assert "paper_net on (32, 32, 3)" in summary.stdout
   predict = _run(["-c", (
       "import json, numpy as np\n"
-      "from vision_jax.train import inference\n"
+      "from vision_jax import inference\n"
       f"loaded = inference.load_for_inference({workdir!r})\n"
       "images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)\n"
       "out = loaded.predict(images)\n"
