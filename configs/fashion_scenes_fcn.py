@@ -12,13 +12,12 @@ the compact VGG-11-BN of configs/shapes_fcn.py (widths 8..64: stages at strides 
 from vision_jax.config import base_config
 from vision_jax.errors import UserError
 from vision_jax.data.builders import fashion_scenes
-
-_VARIANTS = ("32s", "16s", "8s", "4s")
+from vision_jax.tasks.segmentation import fcn
 
 
 def get_config(variant: str = "8s"):
-  if variant not in _VARIANTS:
-    raise UserError(f"Unknown FCN variant {variant!r}; valid choices: {list(_VARIANTS)}")
+  if variant not in fcn.VARIANTS:
+    raise UserError(f"Unknown FCN variant {variant!r}; valid choices: {list(fcn.VARIANTS)}")
   c = base_config()
   c.task = "segmentation"
   c.dataset.name = "fashion_scenes/size64"

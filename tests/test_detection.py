@@ -2,6 +2,7 @@
 R-CNN shapes and static compilation, boxes through the data pipeline, end to end."""
 
 import contextlib
+import dataclasses
 import io
 
 import chex
@@ -379,7 +380,7 @@ def test_faster_rcnn_shapes_in_training_and_evaluation(backbone):
   (out, features), variables = jax.eval_shape(
       lambda x: model.init_with_output(jax.random.key(0), x), images)
   assert out["boxes"].shape == (2, 10, 4) and out["scores"].shape == (2, 10)
-  assert out["classes"].dtype == jnp.int32 and out["valid"].dtype == jnp.bool_
+  assert out["labels"].dtype == jnp.int32 and out["valid"].dtype == jnp.bool_
   assert out["proposals"].shape == (2, 12, 4)
   assert features["feature_map"].shape == (2, 32 // min(strides), 32 // min(strides), 16)
   params = variables["params"]
@@ -539,6 +540,7 @@ def test_pipeline_flips_and_crops_move_the_boxes_with_the_images(padding):
     ("detection.feature_strides", (4, 6), "powers of two"),
     ("detection.rpn_post_nms_train", 5000, "rpn_pre_nms_train"),
     ("detection.loss_weights", (1.0, 1.0), "4 non-negative"),
+    ("detection.box_weights", (10.0, 10.0, 0.0, 5.0), "4 positive"),
     ("train.best_metric", "accuracy", "map50"),
 ])
 def test_bad_detection_config_names_the_fix(field, value, expected):
@@ -548,6 +550,21 @@ def test_bad_detection_config_names_the_fix(field, value, expected):
   with pytest.raises(ValueError) as error:
     config_lib.validate(c, num_devices=8)
   assert expected in str(error.value)
+
+
+def test_every_detection_config_field_reaches_the_task_or_the_model():
+  # `config.detection` is made from DetectionTask's and FasterRCNN's fields, so each one (set
+  # here to a list, as a command line gives it) arrives in the task or the model.
+  c = _load_config("shapes_detection")
+  c.detection.anchor_sizes = [12.0, 24.0]
+  task = detection.DetectionTask.from_config(c)
+  model = task.build_model(c, None)
+  task_fields = {f.name for f in dataclasses.fields(task)}
+  assert set(c.detection) == (task_fields - {"image_size"}) | set(
+      faster_rcnn.hyperparameters())
+  for name, value in c.detection.items():
+    value = tuple(value) if isinstance(value, list) else value
+    assert getattr(task if name in task_fields else model, name) == value, name
 
 
 def test_missing_objects_feature_is_a_clear_error(tiny_shapes_dir):

@@ -24,7 +24,6 @@ TRAIN_CROPS = ("pad", "random_resized", "random_scale")
 # vision_jax.data.auto_augment.POLICIES and its NUM_BINS - 1 (not imported; a test keeps them).
 AUTO_AUGMENTS = ("", "randaugment", "trivialaugment")
 MAX_MAGNITUDE = 30
-FCN_VARIANTS = ("32s", "16s", "8s", "4s")  # vision_jax.tasks.segmentation.fcn.VARIANTS (not imported).
 # Numeric fields: (field, test, the valid range). Unset optional fields (None) are not tested.
 _RANGES = (
     ("optim.learning_rate", lambda v: 0 <= v < math.inf,
@@ -192,41 +191,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.segmentation.num_pictures = 4  # Eval images drawn to workdir/segmentation/ after each eval.
 
   # task="detection" only: Faster R-CNN over the backbone model.name (its fields in
-  # model.kwargs); see vision_jax.tasks.detection.faster_rcnn and vision_jax.tasks.detection.task. Boxes and
+  # model.kwargs). Its fields and defaults are those of DetectionTask and of the model
+  # FasterRCNN, documented there (vision_jax.tasks.detection.task.default_config). Boxes and
   # sizes are in pixels of the letterboxed input.image_size images.
-  c.detection = ml_collections.ConfigDict()
-  c.detection.objects_key = "objects"  # The dataset's Sequence feature with bbox and label.
-  c.detection.class_names = ()  # (): the dataset's <objects_key>/label names.
-  c.detection.max_boxes = 100  # Ground-truth boxes per image (static padding; extra dropped).
-  c.detection.feature_strides = (8, 16)  # Backbone stages the neck merges (top-down); the
-  # RPN and RoIAlign read the merged map at the finest stride.
-  c.detection.feature_width = 256  # Channels of that map.
-  c.detection.anchor_sizes = (32.0, 64.0, 128.0, 256.0)  # Square root of anchor areas, pixels.
-  c.detection.anchor_ratios = (0.5, 1.0, 2.0)  # Anchor height / width.
-  c.detection.rpn_width = 256  # The RPN's 3x3 convolution.
-  c.detection.rpn_batch_size = 256  # Anchors sampled per image for the RPN losses.
-  c.detection.rpn_positive_fraction = 0.5  # Their largest positive share.
-  c.detection.rpn_positive_iou = 0.7  # Anchors with IoU >= this (or best for a box): positive.
-  c.detection.rpn_negative_iou = 0.3  # Anchors with best IoU < this: negative.
-  c.detection.rpn_pre_nms_train = 2000  # Proposals by objectness before NMS, training.
-  c.detection.rpn_post_nms_train = 512  # Kept after NMS, training.
-  c.detection.rpn_pre_nms_test = 1000  # The same in evaluation.
-  c.detection.rpn_post_nms_test = 300
-  c.detection.rpn_nms_iou = 0.7
-  c.detection.rpn_min_size = 1.0  # Smallest proposal side (pixels).
-  c.detection.roi_batch_size = 128  # RoIs sampled per image for the box head, training.
-  c.detection.roi_positive_fraction = 0.25  # Their largest foreground share.
-  c.detection.roi_foreground_iou = 0.5  # RoIs with IoU >= this are foreground.
-  c.detection.pooled_size = 7  # RoIAlign output side.
-  c.detection.sampling_ratio = 2  # RoIAlign samples per bin and axis.
-  c.detection.head_width = 1024  # The box head's two dense layers.
-  c.detection.smooth_l1_beta = 0.0  # Box losses' smooth L1 beta; 0 is L1.
-  c.detection.loss_weights = (1.0, 1.0, 1.0, 1.0)  # RPN objectness, RPN box, R-CNN class, box.
-  c.detection.score_threshold = 0.05  # Smallest class probability kept as a detection.
-  c.detection.nms_iou = 0.5  # Class-aware NMS of the detections.
-  c.detection.max_detections = 100  # Detections per image.
-  c.detection.eval_max_detections = 100  # Per image and class, counted by the mAP (COCO: 100).
-  c.detection.num_pictures = 4  # Eval images drawn to workdir/detection/ after each eval.
+  from vision_jax.tasks.detection import task as detection  # pylint: disable=g-import-not-at-top
+  c.detection = detection.default_config()
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "jit"  # "jit": one Mesh, XLA partitions; "pmap": replicated + pmean.
@@ -305,6 +274,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
       raise UserError(f"config.{field}={value!r} is out of range: it must be {valid}.")
   _check_model_kwargs(config, task_type.head_fields())
   _check_task_support(config, task_type)
+  task_type.validate_config(config)  # The task's own settings (`Task.validate_config`).
   pipeline.check_augmentation(pipeline.InputOptions.from_config(config.input),
                               task_type.feature_kinds)
   if config.train.wandb_project and importlib.util.find_spec("wandb") is None:
@@ -324,10 +294,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if not 0 < low <= high:
     raise UserError(f"config.input.scale_range={config.input.scale_range} must be (low, high) "
                     "with 0 < low <= high.")
-  if config.task == "segmentation":
-    _validate_segmentation(config.segmentation)
-  if config.task == "detection":
-    _validate_detection(config)
   if not 0 < config.input.center_crop_fraction <= 1:
     raise UserError(f"config.input.center_crop_fraction={config.input.center_crop_fraction} "
                     "must be in (0, 1].")
@@ -432,65 +398,3 @@ def _check_model_kwargs(config: ml_collections.ConfigDict, head: frozenset[str])
         f"config.model.kwargs has {', '.join(unknown)}, which model "
         f"{config.model.name!r} does not have (kept from another config.model.name?); "
         f"its fields: {', '.join(sorted(set(fields) | head))}. Remove them from the config.")
-
-
-def _validate_segmentation(s: ml_collections.ConfigDict) -> None:
-  """Checks the `segmentation` section (see `validate`)."""
-  _check_choice("segmentation.variant", s.variant, FCN_VARIANTS)
-  num_classes = len(s.class_names)
-  if num_classes < 2:
-    raise UserError(f"config.segmentation.class_names={s.class_names} must name at least 2 "
-                    "classes (e.g. background and object).")
-  if s.class_weights and (len(s.class_weights) != num_classes or min(s.class_weights) < 0):
-    raise UserError(f"config.segmentation.class_weights={s.class_weights} must hold one "
-                    f"non-negative weight per class ({num_classes}), or be () for none.")
-  if s.label_map and max(s.label_map) >= num_classes:
-    raise UserError(f"config.segmentation.label_map={s.label_map} maps to class "
-                    f"{max(s.label_map)}, but class_names has only {num_classes} classes.")
-  if s.head_width < 0 or s.head_kernel < 1 or s.num_pictures < 0:
-    raise UserError("config.segmentation.head_width and num_pictures must be >= 0 and "
-                    f"head_kernel >= 1; got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")
-
-
-def _validate_detection(config: ml_collections.ConfigDict) -> None:
-  """Checks the `detection` section and the input settings detection needs (see `validate`)."""
-  d, i = config.detection, config.input
-  if i.image_size is None or i.center_crop_fraction != 1:
-    raise UserError("Detection letterboxes every image to config.input.image_size (set it, "
-                    f"e.g. 64 or 512; got {i.image_size}) and needs "
-                    f"input.center_crop_fraction=1.0 (got {i.center_crop_fraction}): a crop "
-                    "would cut boxes.")
-  if d.max_boxes < 1 or d.max_detections < 1 or d.eval_max_detections < 1:
-    raise UserError("config.detection.max_boxes, max_detections and eval_max_detections must "
-                    f"be >= 1; got {d.max_boxes}, {d.max_detections}, {d.eval_max_detections}.")
-  strides = tuple(d.feature_strides)
-  if not strides or any(s < 1 or s & (s - 1) for s in strides) or len(set(strides)) != len(
-      strides):
-    raise UserError(f"config.detection.feature_strides={strides} must be distinct powers of "
-                    "two, e.g. (4, 8) or (8, 16).")
-  if not d.anchor_sizes or min(d.anchor_sizes) <= 0 or not d.anchor_ratios or min(
-      d.anchor_ratios) <= 0:
-    raise UserError(f"config.detection.anchor_sizes={d.anchor_sizes} and anchor_ratios="
-                    f"{d.anchor_ratios} must be non-empty and positive.")
-  if not 0 <= d.rpn_negative_iou <= d.rpn_positive_iou <= 1:
-    raise UserError(f"config.detection.rpn_negative_iou={d.rpn_negative_iou} and "
-                    f"rpn_positive_iou={d.rpn_positive_iou} need 0 <= negative <= positive <= 1.")
-  for name in ("rpn_positive_fraction", "roi_positive_fraction", "roi_foreground_iou",
-               "rpn_nms_iou", "nms_iou"):
-    if not 0 < d[name] <= 1:
-      raise UserError(f"config.detection.{name}={d[name]} must be in (0, 1].")
-  if not 0 <= d.score_threshold < 1:
-    raise UserError(f"config.detection.score_threshold={d.score_threshold} must be in [0, 1).")
-  for pre, post in (("rpn_pre_nms_train", "rpn_post_nms_train"),
-                    ("rpn_pre_nms_test", "rpn_post_nms_test")):
-    if not 1 <= d[post] <= d[pre]:
-      raise UserError(f"config.detection.{post}={d[post]} must be in [1, {pre}={d[pre]}].")
-  for name in ("rpn_batch_size", "roi_batch_size", "pooled_size", "sampling_ratio",
-               "head_width", "feature_width", "rpn_width"):
-    if d[name] < 1:
-      raise UserError(f"config.detection.{name}={d[name]} must be >= 1.")
-  if len(d.loss_weights) != 4 or min(d.loss_weights) < 0:
-    raise UserError(f"config.detection.loss_weights={d.loss_weights} must hold 4 "
-                    "non-negative weights (RPN objectness, RPN box, R-CNN class, R-CNN box).")
-  if d.num_pictures < 0:
-    raise UserError(f"config.detection.num_pictures={d.num_pictures} must be >= 0.")

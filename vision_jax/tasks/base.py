@@ -66,6 +66,12 @@ class Task:
     """`config.model.kwargs` the task's own model takes; the others go to `config.model.name`."""
     return frozenset()
 
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Raises a `UserError` naming `config.<field>` for a bad value of the task's own settings
+    (`config.validate` calls it, before anything is built); nothing to check by default."""
+    del config
+
   def check_dataset(self, builder: tfds.core.DatasetBuilder) -> None:
     """Raises a `UserError` when the dataset lacks a feature the task reads (tasks whose
     features a config field names override this to name the field)."""

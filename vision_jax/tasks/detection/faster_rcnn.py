@@ -11,8 +11,13 @@ Every shape is static: ground truth comes padded to M boxes per image (labels -1
 proposals and detections come with validity masks, so one compiled step serves every batch.
 Training calls the model with the ground truth and gets its four losses back (sampling anchors
 and RoIs draws from the `'dropout'` rng, which the train step supplies); evaluation gets
-detections. Boxes are (ymin, xmin, ymax, xmax) in pixels of the input image; classes are
-0 .. K - 1 outside the model (the box head's class 0 is background).
+detections. Boxes are (ymin, xmin, ymax, xmax) in pixels of the input image; class ids
+(`labels`, as in the ground truth) are 0 .. K - 1 outside the model (the box head's class 0 is
+background).
+
+The fields' defaults are the experiment schema's: `config.detection` is made from them
+(`hyperparameters`, `vision_jax.tasks.detection.task.default_config`), so a new field is a new
+config field with no other line to write.
 
 The backbone (a registry name, a Module or a constructor: `vision_jax.models.backbone`) is built
 without its classifier and read through its named `stage<k>` features, as the FCN reads them.
@@ -20,6 +25,7 @@ One output map (the neck merges the stages at `feature_strides` into the finest 
 replaces the paper's single VGG conv5 map; there is no FPN.
 """
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -76,7 +82,8 @@ def detect(class_logits: jax.Array, box_deltas: jax.Array, proposals: jax.Array,
     proposals: (P, 4); proposal_valid: (P,) bool.
 
   Returns:
-    `boxes` (D, 4), `scores` (D,), `classes` (D,) int32 in [0, K), `valid` (D,) bool.
+    `boxes` (D, 4), `scores` (D,), `labels` (D,) int32 class ids in [0, K), `valid` (D,)
+    bool.
   """
   num_props, num_classes = box_deltas.shape[:2]
   probs = jax.nn.softmax(class_logits, axis=-1)[:, 1:]  # (P, K)
@@ -90,7 +97,7 @@ def detect(class_logits: jax.Array, box_deltas: jax.Array, proposals: jax.Array,
   keep = index[local]
   return {"boxes": jnp.where(valid[:, None], boxes[keep], 0.0),
           "scores": jnp.where(valid, scores[local], 0.0),
-          "classes": jnp.where(valid, classes[keep], 0).astype(jnp.int32), "valid": valid}
+          "labels": jnp.where(valid, classes[keep], 0).astype(jnp.int32), "valid": valid}
 
 
 class FasterRCNN(nn.Module):
@@ -136,27 +143,27 @@ class FasterRCNN(nn.Module):
   num_classes: int
   backbone: backbone_lib.Backbone
   backbone_kwargs: flax.core.FrozenDict = flax.core.FrozenDict()
-  feature_strides: tuple[int, ...] = (4, 8)
-  feature_width: int = 64
-  anchor_sizes: tuple[float, ...] = (8.0, 16.0, 32.0)
+  feature_strides: tuple[int, ...] = (8, 16)
+  feature_width: int = 256
+  anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0)
   anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-  rpn_width: int = 64
+  rpn_width: int = 256
   rpn_batch_size: int = 256
   rpn_positive_fraction: float = 0.5
   rpn_positive_iou: float = 0.7
   rpn_negative_iou: float = 0.3
-  rpn_pre_nms_train: int = 600
-  rpn_post_nms_train: int = 64
-  rpn_pre_nms_test: int = 300
-  rpn_post_nms_test: int = 32
+  rpn_pre_nms_train: int = 2000
+  rpn_post_nms_train: int = 512
+  rpn_pre_nms_test: int = 1000
+  rpn_post_nms_test: int = 300
   rpn_nms_iou: float = 0.7
   rpn_min_size: float = 1.0
-  roi_batch_size: int = 64
+  roi_batch_size: int = 128
   roi_positive_fraction: float = 0.25
   roi_foreground_iou: float = 0.5
   pooled_size: int = 7
   sampling_ratio: int = 2
-  head_width: int = 256
+  head_width: int = 1024
   box_weights: tuple[float, float, float, float] = box_ops.DEFAULT_WEIGHTS
   smooth_l1_beta: float = 0.0
   score_threshold: float = 0.05
@@ -224,7 +231,7 @@ class FasterRCNN(nn.Module):
       `(outputs, features)`. Training: outputs are the scalar losses `rpn_objectness`,
       `rpn_box`, `rcnn_class`, `rcnn_box` and diagnostics (`rcnn_accuracy`,
       `rpn_positives`, `rcnn_foreground`: mean counts per image). Evaluation: `boxes`
-      (B, D, 4), `scores` (B, D), `classes` (B, D), `valid` (B, D) and `proposals` (B, P, 4)
+      (B, D, 4), `scores` (B, D), `labels` (B, D), `valid` (B, D) and `proposals` (B, P, 4)
       with `proposal_valid` (B, P). `features`: the neck's map under `feature_map`.
     """
     batch, height, width = images.shape[:3]
@@ -292,3 +299,15 @@ class FasterRCNN(nn.Module):
         "rpn_positives": rpn["positive"].sum() / batch,
         "rcnn_foreground": foreground.sum() / batch,
     }, features
+
+
+# Fields set from elsewhere than `config.detection`: the dataset's classes, `config.model` (the
+# backbone, its fields and the dtypes), the training loop (pmap's BatchNorm axis), and Linen's.
+_NOT_HYPERPARAMETERS = frozenset({"num_classes", "backbone", "backbone_kwargs", "bn_axis_name",
+                                  "dtype", "param_dtype", "parent", "name"})
+
+
+def hyperparameters() -> dict[str, Any]:
+  """`FasterRCNN`'s other fields with their defaults: the model's part of `config.detection`."""
+  return {f.name: f.default for f in dataclasses.fields(FasterRCNN)
+          if f.name not in _NOT_HYPERPARAMETERS}

@@ -10,8 +10,6 @@ import jax.numpy as jnp
 
 from vision_jax.ops import boxes as box_ops
 
-IGNORE = -1  # Label of boxes that are neither positive nor negative (not sampled).
-
 
 def match(candidates: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
           low_quality: bool = False) -> tuple[jax.Array, jax.Array]:

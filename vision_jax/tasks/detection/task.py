@@ -42,14 +42,6 @@ from vision_jax.tasks import base
 from vision_jax import sharding
 
 LOSSES = ("rpn_objectness", "rpn_box", "rcnn_class", "rcnn_box")
-# `config.detection` fields that are `FasterRCNN` fields of the same name.
-MODEL_FIELDS = (
-    "feature_strides", "feature_width", "anchor_sizes", "anchor_ratios", "rpn_width",
-    "rpn_batch_size", "rpn_positive_fraction", "rpn_positive_iou", "rpn_negative_iou",
-    "rpn_pre_nms_train", "rpn_post_nms_train", "rpn_pre_nms_test", "rpn_post_nms_test",
-    "rpn_nms_iou", "rpn_min_size", "roi_batch_size", "roi_positive_fraction",
-    "roi_foreground_iou", "pooled_size", "sampling_ratio", "head_width", "smooth_l1_beta",
-    "score_threshold", "nms_iou", "max_detections")
 
 
 def letterbox(image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
@@ -75,6 +67,9 @@ class DetectionTask(base.Task):
 
   Attributes:
     image_size: side of the letterboxed images (None: keep the dataset's size).
+  Every field but `image_size` (`config.input.image_size`) is a `config.detection` field, with
+  its default from here (`default_config`).
+
     max_boxes: ground-truth boxes per image (static padding).
     objects_key: the dataset's `Sequence` feature of objects (`bbox`, `label`).
     class_names: one name per class; () takes the dataset's `<objects_key>/label` names in
@@ -106,10 +101,60 @@ class DetectionTask(base.Task):
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DetectionTask":
     d = config.detection
-    return cls(image_size=config.input.image_size, max_boxes=d.max_boxes,
-               objects_key=d.objects_key, class_names=tuple(d.class_names),
-               loss_weights=tuple(d.loss_weights), eval_max_detections=d.eval_max_detections,
-               num_pictures=d.num_pictures)
+    return cls(image_size=config.input.image_size,
+               **{f: _as_tuple(d[f]) for f in _task_defaults()})
+
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Checks `config.detection` and the input settings detection needs."""
+    d, i = config.detection, config.input
+    if i.image_size is None or i.center_crop_fraction != 1:
+      raise errors.UserError(
+          "Detection letterboxes every image to config.input.image_size (set it, e.g. 64 or "
+          f"512; got {i.image_size}) and needs input.center_crop_fraction=1.0 (got "
+          f"{i.center_crop_fraction}): a crop would cut boxes.")
+    if d.max_boxes < 1 or d.max_detections < 1 or d.eval_max_detections < 1:
+      raise errors.UserError(
+          "config.detection.max_boxes, max_detections and eval_max_detections must be >= 1; "
+          f"got {d.max_boxes}, {d.max_detections}, {d.eval_max_detections}.")
+    strides = tuple(d.feature_strides)
+    if not strides or any(s < 1 or s & (s - 1) for s in strides) or len(set(strides)) != len(
+        strides):
+      raise errors.UserError(f"config.detection.feature_strides={strides} must be distinct "
+                             "powers of two, e.g. (4, 8) or (8, 16).")
+    if not d.anchor_sizes or min(d.anchor_sizes) <= 0 or not d.anchor_ratios or min(
+        d.anchor_ratios) <= 0:
+      raise errors.UserError(f"config.detection.anchor_sizes={d.anchor_sizes} and anchor_ratios="
+                             f"{d.anchor_ratios} must be non-empty and positive.")
+    if not 0 <= d.rpn_negative_iou <= d.rpn_positive_iou <= 1:
+      raise errors.UserError(
+          f"config.detection.rpn_negative_iou={d.rpn_negative_iou} and rpn_positive_iou="
+          f"{d.rpn_positive_iou} need 0 <= negative <= positive <= 1.")
+    for name in ("rpn_positive_fraction", "roi_positive_fraction", "roi_foreground_iou",
+                 "rpn_nms_iou", "nms_iou"):
+      if not 0 < d[name] <= 1:
+        raise errors.UserError(f"config.detection.{name}={d[name]} must be in (0, 1].")
+    if not 0 <= d.score_threshold < 1:
+      raise errors.UserError(
+          f"config.detection.score_threshold={d.score_threshold} must be in [0, 1).")
+    for pre, post in (("rpn_pre_nms_train", "rpn_post_nms_train"),
+                      ("rpn_pre_nms_test", "rpn_post_nms_test")):
+      if not 1 <= d[post] <= d[pre]:
+        raise errors.UserError(
+            f"config.detection.{post}={d[post]} must be in [1, {pre}={d[pre]}].")
+    for name in ("rpn_batch_size", "roi_batch_size", "pooled_size", "sampling_ratio",
+                 "head_width", "feature_width", "rpn_width", "max_candidates"):
+      if d[name] < 1:
+        raise errors.UserError(f"config.detection.{name}={d[name]} must be >= 1.")
+    if len(d.box_weights) != 4 or min(d.box_weights) <= 0:
+      raise errors.UserError(f"config.detection.box_weights={d.box_weights} must hold 4 "
+                             "positive weights (wy, wx, wh, ww), e.g. (10.0, 10.0, 5.0, 5.0).")
+    if len(d.loss_weights) != len(LOSSES) or min(d.loss_weights) < 0:
+      raise errors.UserError(
+          f"config.detection.loss_weights={d.loss_weights} must hold {len(LOSSES)} "
+          "non-negative weights (RPN objectness, RPN box, R-CNN class, R-CNN box).")
+    if d.num_pictures < 0:
+      raise errors.UserError(f"config.detection.num_pictures={d.num_pictures} must be >= 0.")
 
   @property
   def num_classes(self) -> int:
@@ -137,7 +182,11 @@ class DetectionTask(base.Task):
     dataset_class_names(builder, self.objects_key)
 
   def example_transform(self, example: dict) -> dict:
-    """Letterboxed image, padded pixel boxes (M, 4) and labels (M,)."""
+    """Letterboxed image, padded pixel boxes (M, 4) and labels (M,).
+
+    `labels` (the dataset's `<objects_key>/label`) are class ids under the name that detections
+    give theirs too (`FasterRCNN`, `predict`): ground truth and predictions read alike.
+    """
     image, (h, w) = letterbox(example["image"], self.image_size)
     objects = example[self.objects_key]
     boxes = np.asarray(objects["bbox"], np.float32).reshape(-1, 4) * np.float32([h, w, h, w])
@@ -162,13 +211,13 @@ class DetectionTask(base.Task):
     if not self.class_names:
       raise ValueError("DetectionTask has no class names: set config.detection.class_names or "
                        "call `prepare` with the dataset first.")
-    as_tuple = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
     d = config.detection
     return faster_rcnn.FasterRCNN(
         num_classes=self.num_classes, backbone=config.model.name,
         backbone_kwargs=flax.core.FrozenDict(
-            {k: as_tuple(v) for k, v in config.model.kwargs.items()}),
-        **precision.dtypes(config.model.dtype), **{f: as_tuple(d[f]) for f in MODEL_FIELDS})
+            {k: _as_tuple(v) for k, v in config.model.kwargs.items()}),
+        **precision.dtypes(config.model.dtype),
+        **{f: _as_tuple(d[f]) for f in faster_rcnn.hyperparameters()})
 
   def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
     return (jnp.zeros((1, *image_shape), jnp.float32),
@@ -210,7 +259,7 @@ class DetectionTask(base.Task):
 
     Returns:
       `(detections, ground_truths)`: per-image dicts in pixels of the letterboxed image,
-      {"boxes", "labels", "scores"} and {"boxes", "labels"}.
+      {"boxes", "labels", "scores"} and {"boxes", "labels"} (`labels`: class ids).
     """
     predict_fn = base.jitted_apply(model, mesh)
     replicated = sharding.replicated(mesh)
@@ -226,7 +275,7 @@ class DetectionTask(base.Task):
       out = jax.device_get(predict_fn(variables, images)[0])
       for i in range(real):
         valid, truth = out["valid"][i], batch["labels"][i] >= 0
-        detections.append({"boxes": out["boxes"][i][valid], "labels": out["classes"][i][valid],
+        detections.append({"boxes": out["boxes"][i][valid], "labels": out["labels"][i][valid],
                            "scores": out["scores"][i][valid]})
         truths.append({"boxes": batch["boxes"][i][truth], "labels": batch["labels"][i][truth]})
     return detections, truths
@@ -235,7 +284,7 @@ class DetectionTask(base.Task):
     """`detections`: per image, {"boxes" (D, 4) in pixels, "labels" (D,), "scores" (D,)}."""
     out = jax.device_get(base.jitted_apply(model)(variables, images)[0])
     return {"detections": [
-        {"boxes": out["boxes"][i][valid], "labels": out["classes"][i][valid],
+        {"boxes": out["boxes"][i][valid], "labels": out["labels"][i][valid],
          "scores": out["scores"][i][valid]} for i, valid in enumerate(out["valid"])]}
 
   def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
@@ -280,3 +329,21 @@ def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> 
 def _tag(name: str) -> str:
   """A class name as a metric name (no slashes or spaces)."""
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def default_config() -> ml_collections.ConfigDict:
+  """`config.detection` with its defaults: the fields of `DetectionTask` (but `image_size`) and
+  the hyperparameters of `FasterRCNN`, documented there (`vision_jax.config.base_config` calls
+  it). A field added to either is a config field."""
+  return ml_collections.ConfigDict({**_task_defaults(), **faster_rcnn.hyperparameters()})
+
+
+def _task_defaults() -> dict:
+  """`DetectionTask`'s fields read from `config.detection`, with their defaults."""
+  return {f.name: f.default for f in dataclasses.fields(DetectionTask) if f.name != "image_size"}
+
+
+def _as_tuple(value):
+  """A config's list (a command line's `--config.detection.anchor_sizes=[8,16]`) as a tuple:
+  the task and the model are hashed (static arguments of compiled steps)."""
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+

@@ -37,10 +37,10 @@ import numpy as np
 from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import precision
 
-VARIANTS = ("32s", "16s", "8s", "4s")
 # Variant → the strides whose stages it scores, coarsest first. "4s" (one skip further than the
 # paper) is for small images, where a stride-8 map has too few cells for thin parts.
 STRIDES = {"32s": (32,), "16s": (32, 16), "8s": (32, 16, 8), "4s": (32, 16, 8, 4)}
+VARIANTS = tuple(STRIDES)  # The valid `variant`s (`segmentation.variant`).
 
 
 def _bilinear_profile(factor: int) -> np.ndarray:

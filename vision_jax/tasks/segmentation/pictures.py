@@ -5,13 +5,13 @@ import numpy as np
 
 from vision_jax import figures
 
-IGNORED_COLOUR = (1.0, 1.0, 1.0)  # White: pixels that do not count (ignore label, padding).
+IGNORE_COLOUR = (1.0, 1.0, 1.0)  # White: pixels that do not count (ignore label, padding).
 
 
 def colourise(classes: np.ndarray, colours: np.ndarray) -> np.ndarray:
   """(H, W) classes (negative: ignored) → (H, W, 3) uint8 RGB (uint8: drawn unscaled)."""
   out = colours[np.clip(classes, 0, len(colours) - 1)]
-  out[classes < 0] = IGNORED_COLOUR
+  out[classes < 0] = IGNORE_COLOUR
   return np.round(out * 255).astype(np.uint8)
 
 
@@ -43,7 +43,7 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.nda
     row[3].axis("off")
   handles = [mpatches.Patch(color=c, label=f"{i} {name}")
              for i, (c, name) in enumerate(zip(colours, class_names))]
-  handles.append(mpatches.Patch(facecolor=IGNORED_COLOUR, edgecolor="black", label="ignored"))
+  handles.append(mpatches.Patch(facecolor=IGNORE_COLOUR, edgecolor="black", label="ignored"))
   axes[0, 3].legend(handles=handles, loc="upper left", fontsize=7, frameon=False,
                     borderaxespad=0.0)
   return figures.save(fig, path)

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 
+from vision_jax import errors
 from vision_jax.data import datasets, pipeline, transforms
 from vision_jax.tasks.segmentation import metrics as seg_metrics
 from vision_jax.models import precision
@@ -28,11 +29,11 @@ from vision_jax.tasks.segmentation import fcn
 from vision_jax.tasks import base
 from vision_jax import sharding
 
-IGNORED = -1  # The class of ignored pixels after `label_table`.
+IGNORE = -1  # The class of ignored pixels after `label_table`.
 
 
 def label_table(num_classes: int, label_map: tuple[int, ...], ignore_label: int) -> np.ndarray:
-  """Lookup table raw mask value (0..255) → class, with `IGNORED` for pixels to ignore.
+  """Lookup table raw mask value (0..255) → class, with `IGNORE` for pixels to ignore.
 
   Args:
     num_classes: K.
@@ -43,16 +44,16 @@ def label_table(num_classes: int, label_map: tuple[int, ...], ignore_label: int)
   Raises:
     ValueError: when `label_map` names a class outside [0, K).
   """
-  table = np.full(256, IGNORED, np.int32)
+  table = np.full(256, IGNORE, np.int32)
   if label_map:
     if max(label_map) >= num_classes:
       raise ValueError(f"label_map {label_map} names class {max(label_map)}, but there are only "
                        f"{num_classes} classes.")
-    table[:len(label_map)] = np.where(np.asarray(label_map) < 0, IGNORED, label_map)
+    table[:len(label_map)] = np.where(np.asarray(label_map) < 0, IGNORE, label_map)
   else:
     table[:num_classes] = np.arange(num_classes)
   if 0 <= ignore_label < 256:
-    table[ignore_label] = IGNORED
+    table[ignore_label] = IGNORE
   return table
 
 
@@ -62,7 +63,7 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
 
   Args:
     logits: (B, H, W, K) float32.
-    labels: (B, H, W) int classes; `IGNORED` (or any negative value) is ignored.
+    labels: (B, H, W) int classes; `IGNORE` (or any negative value) is ignored.
     class_weights: (K,) weight of each true class; None weighs every pixel 1.
 
   Returns:
@@ -111,6 +112,30 @@ class SegmentationTask(base.Task):
                label_map=tuple(s.label_map), ignore_label=s.ignore_label,
                class_weights=tuple(s.class_weights), num_pictures=s.num_pictures)
 
+  @classmethod
+  def validate_config(cls, config: ml_collections.ConfigDict) -> None:
+    """Checks `config.segmentation`."""
+    s = config.segmentation
+    if s.variant not in fcn.VARIANTS:
+      raise errors.UserError(f"config.segmentation.variant={s.variant!r} is not valid; valid "
+                             f"choices: {list(fcn.VARIANTS)}")
+    num_classes = len(s.class_names)
+    if num_classes < 2:
+      raise errors.UserError(f"config.segmentation.class_names={s.class_names} must name at "
+                             "least 2 classes (e.g. background and object).")
+    if s.class_weights and (len(s.class_weights) != num_classes or min(s.class_weights) < 0):
+      raise errors.UserError(f"config.segmentation.class_weights={s.class_weights} must hold "
+                             f"one non-negative weight per class ({num_classes}), or be () for "
+                             "none.")
+    if s.label_map and max(s.label_map) >= num_classes:
+      raise errors.UserError(f"config.segmentation.label_map={s.label_map} maps to class "
+                             f"{max(s.label_map)}, but class_names has only {num_classes} "
+                             "classes.")
+    if s.head_width < 0 or s.head_kernel < 1 or s.num_pictures < 0:
+      raise errors.UserError(
+          "config.segmentation.head_width and num_pictures must be >= 0 and head_kernel >= 1; "
+          f"got {s.head_width}, {s.num_pictures}, {s.head_kernel}.")
+
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
@@ -135,10 +160,10 @@ class SegmentationTask(base.Task):
         **precision.dtypes(config.model.dtype))
 
   def labels(self, batch: dict) -> jax.Array:
-    """The batch's masks as classes (B, H, W), `IGNORED` where pixels do not count."""
+    """The batch's masks as classes (B, H, W), `IGNORE` where pixels do not count."""
     table = jnp.asarray(label_table(self.num_classes, self.label_map, self.ignore_label))
     mask = batch["mask"][..., 0].astype(jnp.int32)  # (B, H, W)
-    return jnp.take(table, mask, mode="fill", fill_value=IGNORED)
+    return jnp.take(table, mask, mode="fill", fill_value=IGNORE)
 
   def _class_weights(self) -> jax.Array | None:
     return jnp.asarray(self.class_weights, jnp.float32) if self.class_weights else None
@@ -156,7 +181,7 @@ class SegmentationTask(base.Task):
   def eval_sums(self, outputs, batch: dict) -> dict:
     logits, _ = outputs
     labels = self.labels(batch)
-    labels = jnp.where(batch["weight"][:, None, None] > 0, labels, IGNORED)  # Padding rows.
+    labels = jnp.where(batch["weight"][:, None, None] > 0, labels, IGNORE)  # Padding rows.
     loss, weight = pixel_cross_entropy(logits, labels, self._class_weights())
     return {
         "confusion": seg_metrics.confusion_matrix(labels, jnp.argmax(logits, -1), labels >= 0,
