@@ -358,7 +358,7 @@ def _search(step, beam_size=None, alpha=0.0, max_length=6):
     tokens, score, _ = decoding.greedy_search(
         step, jnp.zeros((1,)), 1, bos_id=BOS, eos_id=EOS, max_length=max_length)
   else:
-    tokens, score = decoding.beam_search_fn(
+    tokens, score = decoding.beam_search(
         step, jnp.zeros((beam_size,)), 1, beam_size=beam_size, bos_id=BOS, eos_id=EOS,
         max_length=max_length, alpha=alpha)
   return np.asarray(tokens[0]).tolist(), float(score[0])
@@ -409,13 +409,13 @@ def test_captioner_beam_of_one_equals_greedy(attention):
   assert tokens.shape == (3, 7) and log_probs.shape == (3,)
   assert (maps.shape == (3, 7, 64)) if attention else maps is None
   for alpha in (0.0, 0.7):
-    beam = jax.jit(functools.partial(decoding.beam_search, beam_size=1, alpha=alpha, **static))
+    beam = jax.jit(functools.partial(decoding.beam_decode, beam_size=1, alpha=alpha, **static))
     beam_tokens, scores = beam(variables, images=images)
     np.testing.assert_array_equal(beam_tokens, tokens)
     if alpha == 0:
       np.testing.assert_allclose(scores, log_probs, rtol=1e-5)
   wide_tokens, wide_scores = jax.jit(functools.partial(
-      decoding.beam_search, beam_size=3, **static))(variables, images=images)
+      decoding.beam_decode, beam_size=3, **static))(variables, images=images)
   assert wide_tokens.shape == (3, 7)
   # A wider beam never finds a worse best hypothesis than greedy (alpha = 0).
   assert np.all(np.asarray(wide_scores) >= np.asarray(log_probs) - 1e-5)

@@ -53,11 +53,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def replicated_tree(mesh: Mesh, tree):
-  """A `replicated` sharding for every leaf of `tree`."""
-  return jax.tree.map(lambda _: replicated(mesh), tree)
-
-
 def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
   """Splits the largest dimension that divides evenly over `size` devices, if any."""
   if size == 1 or math.prod(shape) < FSDP_MIN_SIZE:

@@ -27,7 +27,6 @@ class DatasetInfo:
   name: str
   num_classes: int | None  # Of the image-level `label`; None when the dataset has none.
   image_shape: tuple[int, ...] | None  # (H, W, C); None when images vary in size.
-  split_sizes: dict[str, int]
 
 
 def _base_name(name: str) -> str:
@@ -124,8 +123,7 @@ def info(builder: tfds.core.DatasetBuilder) -> DatasetInfo:
   return DatasetInfo(
       name=builder.info.full_name,
       num_classes=getattr(label, "num_classes", None),
-      image_shape=tuple(shape) if None not in shape else None,
-      split_sizes={k: v.num_examples for k, v in builder.info.splits.items()})
+      image_shape=tuple(shape) if None not in shape else None)
 
 
 def split_sizes(builder: tfds.core.DatasetBuilder) -> str:

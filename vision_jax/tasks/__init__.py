@@ -3,7 +3,7 @@
 import ml_collections
 
 from vision_jax import registry
-from vision_jax.tasks.base import Task
+from vision_jax.tasks.base import EvalContext, Task
 from vision_jax.tasks.captioning.task import CaptioningTask
 from vision_jax.tasks.classification.task import ClassificationTask
 from vision_jax.tasks.detection.task import DetectionTask
@@ -29,5 +29,5 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
   return TASKS.lookup(config.task, field="task").from_config(config)
 
 
-__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "DetectionTask", "SegmentationTask",
-           "Task", "get_task", "register"]
+__all__ = ["TASKS", "CaptioningTask", "ClassificationTask", "DetectionTask", "EvalContext",
+           "SegmentationTask", "Task", "get_task", "register"]

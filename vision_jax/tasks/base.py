@@ -45,6 +45,11 @@ class Task:
   # `merge_flipped` flip averaging (`train.eval_flip`); `config.validate` refuses them otherwise.
   supports_mixing: ClassVar[bool] = False
   supports_eval_flip: ClassVar[bool] = False
+  # Whether the loop's compiled pass over the eval split (`eval_sums`, `finalize`) gives
+  # metrics. False for a task whose `evaluate_extra` runs the model over the split anyway and
+  # reports those metrics from that pass (detection), so the model runs once per eval; the pass
+  # still gives the live weights' `raw/` metrics next to an EMA's.
+  summed_eval: ClassVar[bool] = True
 
   def picture_path(self, workdir: str, step: int) -> str:
     """Where the eval pictures of `step` are drawn: `workdir/<picture_dir>/step_<step>.png`
@@ -157,25 +162,50 @@ class Task:
     probabilities = np.asarray(jax.nn.softmax(logits.astype(jnp.float32), -1))
     return {"label": probabilities.argmax(-1), "probabilities": probabilities}
 
-  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
-    """Eval metrics that are no sums of batches (e.g. BLEU of decoded captions); none here.
+  def evaluate_extra(self, context: "EvalContext") -> dict:
+    """Eval metrics that are no sums of batches (e.g. BLEU of decoded captions, mAP); none here.
 
-    Runs on every process after the summed metrics, and is where pictures are drawn: every
-    process runs the same computations on `variables` (global arrays that may span processes:
+    Runs after the summed metrics (`eval_sums`, `finalize`), on every process: every process
+    runs the same computations on `context.variables` (global arrays that may span processes:
     a jitted call on them is collective, and waits forever if one process skips it), with
-    replicated inputs and outputs (`sharding.replicated(mesh)`); only process 0 draws.
+    replicated inputs and outputs (`sharding.replicated(context.mesh)`). A task whose pass here
+    also gives its summed metrics sets `summed_eval = False`, so the model runs once per eval.
     """
-    del model, variables, config, eval_source, mesh, workdir, step
+    del context
     return {}
 
-  def on_eval(self, apply_fn, variables: dict, config: ml_collections.ConfigDict, eval_source,
-              workdir: str, step: int) -> None:
-    """Called on process 0 only, after each eval; nothing by default.
+  def draw_pictures(self, context: "EvalContext") -> str | None:
+    """Draws the eval pictures of `context.step`; returns their path on process 0, else None.
 
-    It must not compute on `variables` (see `evaluate_more`, which draws the built-in tasks'
-    pictures); host-side work only (e.g. copying files).
+    Runs after `evaluate_extra`, on every process (what it predicts is collective, as there);
+    only process 0 writes, to `picture_path` (the loop also sends the picture to TensorBoard and
+    W&B under `eval/<picture_dir>`). Nothing by default.
     """
+    del context
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What the evaluation hooks (`Task.evaluate_extra`, `Task.draw_pictures`) get.
+
+  Attributes:
+    model: the task's model (`build_model`); `model.apply` runs it.
+    variables: its eval `{"params", "batch_stats"}` (the EMA's when the run keeps one), global
+      arrays that may span processes.
+    config: the experiment config.
+    eval_source: the eval split (random access, as `datasets.open_split` returns it).
+    mesh: the run's device mesh.
+    workdir: the run's output directory.
+    step: the step evaluated.
+  """
+  model: nn.Module
+  variables: dict
+  config: ml_collections.ConfigDict
+  eval_source: Any
+  mesh: jax.sharding.Mesh
+  workdir: str
+  step: int
 
 
 @functools.lru_cache(maxsize=8)

@@ -243,21 +243,14 @@ class Checkpointer:
     """Steps of every kept checkpoint, oldest first."""
     return sorted(self._manager.all_steps())
 
-  def best_step(self) -> int | None:
-    """The kept checkpoint with the best `best_metric`, or None when none has it."""
-    return self._best(self.all_steps())
-
   def _best(self, steps: list[int]) -> int | None:
+    """The one of `steps` with the best `best_metric`, or None when none has it."""
     ranked = [(m, s) for s in steps
               if isinstance(m := self._metrics.get(s, {}).get(self._best_metric), (int, float))
               and math.isfinite(m)]
     if not ranked:
       return None
     return (min if self._lower_is_better else max)(ranked)[1]
-
-  def metrics(self, step: int) -> dict:
-    """The eval metrics saved with checkpoint `step` ({} when it was saved without an eval)."""
-    return dict(self._metrics.get(step, {}))
 
   def _step_dir(self, step: int) -> epath.Path:
     return epath.Path(self._directory) / str(step)
@@ -331,30 +324,11 @@ class Checkpointer:
 
   # --- Restoring -------------------------------------------------------------------------
 
-  def restore(self, step: int, abstract_state):
-    """Restores checkpoint `step` onto the shardings of `abstract_state` and verifies it.
-
-    Args:
-      step: which checkpoint.
-      abstract_state: a pytree of `jax.ShapeDtypeStruct` (with shardings) shaped like the state;
-        restoring onto it re-shards to whatever devices this run has.
-
-    Returns:
-      The restored state.
-
-    Raises:
-      StructureMismatchError: the checkpoint holds a state of another structure (a changed
-        model, optimizer, EMA setting, ...): not damage.
-      Exception: anything else means the checkpoint is damaged (unreadable, or its arrays do
-        not match their saved fingerprints).
-    """
-    state = self._read(step, abstract_state)
-    if problem := self._verify(step, state):
-      raise ValueError(problem)
-    return state
-
   def _read(self, step: int, abstract_state):
-    """Reads checkpoint `step` (this process's shards; raises on unreadable files)."""
+    """Reads checkpoint `step` onto the shardings of `abstract_state` (a pytree of
+    `jax.ShapeDtypeStruct`s: restoring onto it re-shards to whatever devices this run has);
+    this process's shards. Raises `StructureMismatchError` for a state of another structure (a
+    changed model, optimizer, EMA setting, ...), anything else on unreadable files."""
     differences = structure_differences(self.saved_structure(step), abstract_state)
     if differences:
       raise StructureMismatchError(step, differences)

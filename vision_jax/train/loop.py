@@ -8,12 +8,16 @@ workdir trains is refused before anything is written (`vision_jax.train.workdir`
 stops the run with the last good checkpoint kept (`vision_jax.train.checkpoint`).
 """
 
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -160,6 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: tasks.Task | None = None) -> dict:
   """Trains and evaluates a model as `config` says, writing everything into `workdir`.
 
+  `setup`, then `train`, then `report`, inside the workdir's lock.
+
   Args:
     config: an experiment config (see `vision_jax.config.base_config`).
     workdir: output directory: `checkpoints/`, `tensorboard/`, `metrics.jsonl`, `config.json`,
@@ -186,32 +192,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _say("jax_threefry_partitionable is off: dropout masks then depend on how the batch is "
          "sharded, so runs on other device or process counts will differ.", warning=True)
   with workdir_lib.exclusive(workdir, is_main=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, task or tasks.get_task(config))
+    run = setup(config, workdir, task or tasks.get_task(config))
+    try:
+      result = train(run)
+      if jax.process_index() == 0 and not result["preempted"]:
+        report(run, result["step"])
+    finally:  # Even on NaN or Ctrl-C: finish pending saves, close files.
+      run.close()
+  return result
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        task: tasks.Task) -> dict:
-  """`train_and_evaluate` on a validated config and a workdir this run holds."""
+@dataclasses.dataclass
+class Run:
+  """A run that `setup` prepared: what `train` trains and evaluates, and `report` sums up.
+
+  Attributes:
+    config: the validated experiment config.
+    workdir: the absolute workdir, which this process holds (`workdir_lib.exclusive`).
+    task: the task, prepared for the dataset (`Task.prepare`).
+    mesh: every device of every process.
+    model: the task's model.
+    compiled: the compiled train and eval steps.
+    state: the train state at `step`, in `compiled`'s train layout; `train` takes it over (its
+      first step donates the buffers under `jit`) and leaves None.
+    step: the step the run starts from: the restored checkpoint's, or 0.
+    total_steps: the step it ends at.
+    schedule: the learning rate of each step (logged).
+    train_batches: this process's share of the training batches, from `step + 1` on.
+    eval_source: the eval split.
+    ckpt: the workdir's checkpoints.
+    writer: `metrics.jsonl`, TensorBoard (and W&B) on process 0.
+  """
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: tasks.Task
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  compiled: steps.CompiledSteps
+  state: Any
+  step: int
+  total_steps: int
+  schedule: Callable[[int], Any]
+  train_batches: Iterator[dict]
+  eval_source: Any
+  ckpt: checkpoint.Checkpointer
+  writer: metric_writer.MetricWriter
+
+  def close(self) -> None:
+    """Finishes pending saves and closes the metric files."""
+    self.ckpt.close()
+    self.writer.close()
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, task: tasks.Task) -> Run:
+  """Opens the data, builds the model, its state and compiled steps, for a validated config
+  and a workdir this process holds (as `train_and_evaluate` calls it).
+
+  Refuses a config that changes what the workdir trains before anything is written; resumes
+  from the newest intact checkpoint if there is one; records the config.
+  """
   cache = startup.use_compilation_cache(config.train.compilation_cache)
   changes = workdir_lib.config_changes(workdir_lib.read_saved_config(workdir), config)
   if workdir_lib.identity_changes(changes) and workdir_lib.has_checkpoints(workdir):
     workdir_lib.refuse_changes(workdir, changes, [])  # Before even opening the dataset.
   mesh = sharding.make_mesh(fsdp=config.parallel.fsdp)
-
-  builder = datasets.builder_from_config(config.dataset)
-  task.check_dataset(builder)
-  info = datasets.info(builder)
-  channels = builder.info.features["image"].shape[-1]
-  size = config.input.image_size
-  image_shape = info.image_shape if size is None else (size, size, channels)
-  if image_shape is None:
-    raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
-                           "config.input.image_size.")
-  config_lib.validate_image_shape(config, image_shape, type(task))  # Before any split is read.
-  train_source, eval_source = (
-      datasets.open_split(builder, split, keys=task.dataset_keys(),
-                          in_memory=config.dataset.in_memory)
-      for split in (config.dataset.train_split, config.dataset.eval_split))
+  builder, image_shape, train_source, eval_source = _open_data(config, task)
   total_steps = _total_steps(config, len(train_source))
   os.makedirs(workdir, exist_ok=True)  # Other processes than 0 (which took the lock).
   task = task.prepare(builder, train_source, workdir)
@@ -219,11 +264,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = task.build_model(config, builder)
   if config.parallel.strategy == "pmap" and hasattr(model, "bn_axis_name"):
     model = model.clone(bn_axis_name=sharding.PMAP_AXIS)  # Global-batch BatchNorm, as jit.
-  tx = optim.make_optimizer(config.optim, total_steps)
-  schedule = optim.learning_rate_schedule(config.optim, total_steps)  # For logging.
   init, abstract = train_state_initializer(
-      model, tx, image_shape, mesh, use_ema=config.train.ema_decay > 0,
-      init_inputs=task.init_inputs(image_shape))
+      model, optim.make_optimizer(config.optim, total_steps), image_shape, mesh,
+      use_ema=config.train.ema_decay > 0, init_inputs=task.init_inputs(image_shape))
   ckpt = checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
       best_metric=config.train.best_metric,
@@ -236,7 +279,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     workdir_lib.record_config(workdir, config, changes if step else {}, step)
     workdir_lib.truncate_records(workdir, step)
-  if jax.process_index() == 0:  # Lowers the forward pass: only where it is printed.
+    # Lowers the forward pass: only where it is printed.
     _say(startup.describe(config, model, abstract, task, image_shape, len(train_source),
                           len(eval_source), total_steps, cache))
   writer = metric_writer.MetricWriter(workdir, start_step=step,
@@ -245,90 +288,132 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   compiled = steps.compile_steps(
       mesh, state, task, strategy=config.parallel.strategy, ema_decay=config.train.ema_decay,
       grad_accum_steps=config.train.grad_accum_steps, eval_flip=config.train.eval_flip)
+  train_batches = pipeline.train_batches(
+      train_source, pipeline.InputOptions.from_config(config.input), seed=config.seed,
+      start_step=step, keys=task.keys, kinds=task.feature_kinds,
+      example_fn=task.example_transform)
+  return Run(config=config, workdir=workdir, task=task, mesh=mesh, model=model,
+             compiled=compiled, state=compiled.to_train_layout(state), step=step,
+             total_steps=total_steps,
+             schedule=optim.learning_rate_schedule(config.optim, total_steps),
+             train_batches=train_batches, eval_source=eval_source, ckpt=ckpt, writer=writer)
 
-  train_iter = pipeline.train_batches(train_source,
-                                      pipeline.InputOptions.from_config(config.input),
-                                      seed=config.seed, start_step=step, keys=task.keys,
-                                      kinds=task.feature_kinds,
-                                      example_fn=task.example_transform)
-  train_state = compiled.to_train_layout(state)
-  del state  # Donated to the first step under jit; pmap holds its own copy.
-  is_main = jax.process_index() == 0
-  bar = tqdm.tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True,
-                  disable=not (is_main and config.train.progress_bar))
+
+def _open_data(config: ml_collections.ConfigDict, task: tasks.Task):
+  """`(builder, image_shape, train_source, eval_source)`: the dataset checked for the task, and
+  the (H, W, C) of the model's input images (checked against the config before any split is
+  read)."""
+  builder = datasets.builder_from_config(config.dataset)
+  task.check_dataset(builder)
+  info = datasets.info(builder)
+  channels = builder.info.features["image"].shape[-1]
+  size = config.input.image_size
+  image_shape = info.image_shape if size is None else (size, size, channels)
+  if image_shape is None:
+    raise errors.UserError(f"Dataset {info.name!r} has images of varying size; set "
+                           "config.input.image_size.")
+  config_lib.validate_image_shape(config, image_shape, type(task))
+  train_source, eval_source = (
+      datasets.open_split(builder, split, keys=task.dataset_keys(),
+                          in_memory=config.dataset.in_memory)
+      for split in (config.dataset.train_split, config.dataset.eval_split))
+  return builder, image_shape, train_source, eval_source
+
+
+def train(run: Run) -> dict:
+  """Trains `run` to its last step: logs, evaluates, saves and stops on SIGTERM as the config
+  says (`train.log_every`, `eval_every`, `checkpoint_every`; always at the last step).
+
+  Returns:
+    The last eval metrics, plus `step` and `preempted`.
+  """
+  config, step = run.config, run.step
+  train_state, run.state = run.state, None  # Donated to the first step under jit.
+  bar = tqdm.tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True,
+                  disable=not (jax.process_index() == 0 and config.train.progress_bar))
   pending, eval_metrics, preempted = [], {}, False
-  tick, tick_step = time.perf_counter(), step
-  profiler = startup.Profiler(config.train.profile_steps, os.path.join(workdir, "profile"))
+  since = (time.perf_counter(), step)  # Of the last train metrics written.
+  profiler = startup.Profiler(config.train.profile_steps, os.path.join(run.workdir, "profile"))
   try:
     with _Preemption() as preemption:
-      while step < total_steps:
+      while step < run.total_steps:
         profiler.before(step + 1)
-        train_state, metrics = compiled.train(train_state, next(train_iter))
+        train_state, metrics = run.compiled.train(train_state, next(run.train_batches))
         pending.append(metrics)
         step += 1
         profiler.after(step, train_state)
-        last = step == total_steps
         preempted = preemption.reached(step)
-        do_eval = last or step % config.train.eval_every == 0
+        do_eval = step == run.total_steps or step % config.train.eval_every == 0
         do_save = do_eval or step % config.train.checkpoint_every == 0 or preempted
         if do_save or step % config.train.log_every == 0:
-          train_metrics = _check_metrics(pending, step, ckpt)  # Raises on NaN before saving.
+          since = _write_train_metrics(run, pending, step, since, bar)
           pending = []
-          now = time.perf_counter()
-          train_metrics["images_per_sec"] = (
-              (step - tick_step) * config.input.batch_size / (now - tick))
-          train_metrics["learning_rate"] = float(schedule(step))
-          tick, tick_step = now, step
-          writer.write(step, "train", train_metrics)
-          bar.set_postfix(loss=f"{train_metrics['loss']:.4f}",
-                          img_s=f"{train_metrics['images_per_sec']:.0f}")
         bar.update(1)
-        if do_eval or do_save:
-          # Global arrays (a view under jit; pmap's per-device copies gathered once).
-          global_state = compiled.to_global(train_state)
-        if do_eval:
-          eval_metrics = evaluate(compiled.evaluate, global_state, config, eval_source, task)
-          eval_metrics.update(task.evaluate_more(
-              model, global_state.eval_variables(), config, eval_source, mesh, workdir, step))
-          if global_state.ema_params is not None:  # The live weights too, as `raw/<metric>`
-            # (summed metrics only; `best_metric` ranks the EMA's).
-            raw = evaluate(compiled.evaluate_raw, global_state, config, eval_source, task)
-            eval_metrics.update({f"raw/{k}": v for k, v in raw.items()})
-          writer.write(step, "eval", eval_metrics)
-          if task.picture_dir and os.path.exists(picture := task.picture_path(workdir, step)):
-            writer.write_image(step, f"eval/{task.picture_dir}", picture)
-          if is_main:
-            raw_line = (f"; raw weights {task.curve_metric} "
-                        f"{eval_metrics[f'raw/{task.curve_metric}']:.4f}"
-                        if f"raw/{task.curve_metric}" in eval_metrics else "")
-            bar.write(f"step {step}: eval {task.summary(eval_metrics)}{raw_line}")
-            task.on_eval(global_state.apply_fn, global_state.eval_variables(), config,
-                         eval_source, workdir, step)
         if do_save:  # Refuses a NaN/inf state or eval metric: the last good one stays.
-          ckpt.save(step, global_state, metrics=eval_metrics if do_eval else None)
-        if do_eval or do_save:
+          # Global arrays (a view under jit; pmap's per-device copies gathered once).
+          global_state = run.compiled.to_global(train_state)
+          if do_eval:
+            eval_metrics = _evaluate_and_write(run, global_state, step, bar)
+          run.ckpt.save(step, global_state, metrics=eval_metrics if do_eval else None)
           del global_state  # Under jit the next step donates these buffers.
         if preempted:
           bar.write(f"SIGTERM: saved a checkpoint at step {step}; rerun the same command to "
                     "resume.")
           break
-    if is_main and not preempted:
-      writer.write_image(step, "curves", _report(workdir, config, task.curve_metric))
-  finally:  # Even on NaN or Ctrl-C: finish pending saves, close files.
+  finally:
     profiler.close()
     bar.close()
-    ckpt.close()
-    writer.close()
   return {**eval_metrics, "step": step, "preempted": preempted}
 
 
-def _report(workdir: str, config: ml_collections.ConfigDict, curve_metric: str) -> str:
-  """Plots the curves, tells the user where everything is, and returns the plot's path."""
+def _write_train_metrics(run: Run, pending: list[dict], step: int, since: tuple[float, int],
+                         bar: tqdm.tqdm) -> tuple[float, int]:
+  """Checks (raises on NaN, before any save) and writes the means of the `pending` train
+  metrics, with throughput since `since` (time, step); returns the new `since`."""
+  metrics = _check_metrics(pending, step, run.ckpt)
+  now = time.perf_counter()
+  metrics["images_per_sec"] = (step - since[1]) * run.config.input.batch_size / (now - since[0])
+  metrics["learning_rate"] = float(run.schedule(step))
+  run.writer.write(step, "train", metrics)
+  bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_sec']:.0f}")
+  return now, step
+
+
+def _evaluate_and_write(run: Run, global_state, step: int, bar: tqdm.tqdm) -> dict:
+  """Every evaluator of the task at `step` (on every process: they are collective), once each;
+  writes the metrics and pictures and prints the summary. Returns the metrics."""
+  task = run.task
+  metrics = (evaluate(run.compiled.evaluate, global_state, run.config, run.eval_source, task)
+             if task.summed_eval else {})
+  context = tasks.EvalContext(
+      model=run.model, variables=global_state.eval_variables(), config=run.config,
+      eval_source=run.eval_source, mesh=run.mesh, workdir=run.workdir, step=step)
+  metrics.update(task.evaluate_extra(context))
+  if global_state.ema_params is not None:  # The live weights too, as `raw/<metric>` (summed
+    # metrics only; `best_metric` ranks the EMA's).
+    raw = evaluate(run.compiled.evaluate_raw, global_state, run.config, run.eval_source, task)
+    metrics.update({f"raw/{k}": v for k, v in raw.items()})
+  run.writer.write(step, "eval", metrics)
+  if picture := task.draw_pictures(context):
+    run.writer.write_image(step, f"eval/{task.picture_dir}", picture)
+  if jax.process_index() == 0:
+    raw_metric = f"raw/{task.curve_metric}"
+    raw_line = (f"; raw weights {task.curve_metric} {metrics[raw_metric]:.4f}"
+                if raw_metric in metrics else "")
+    bar.write(f"step {step}: eval {task.summary(metrics)}{raw_line}")
+  return metrics
+
+
+def report(run: Run, step: int) -> str:
+  """Plots the curves (also sent to TensorBoard at `step`, the last), tells the user where
+  everything is, and returns the plot's path. Process 0 only."""
+  config, workdir = run.config, run.workdir
   metrics_path = os.path.join(workdir, metric_writer.METRICS_FILE)
   plot = curves.plot_training_curves(metric_writer.read_jsonl(metrics_path),
                                      os.path.join(workdir, "curves.png"),
                                      title=f"{config.model.name} on {config.dataset.name}",
-                                     metrics=("loss", curve_metric))
+                                     metrics=("loss", run.task.curve_metric))
+  run.writer.write_image(step, "curves", plot)
   print(f"Done. Workdir: {workdir}\n"
         f"  metrics:     {metrics_path}\n"
         f"  tensorboard: tensorboard --logdir {os.path.join(workdir, 'tensorboard')}\n"

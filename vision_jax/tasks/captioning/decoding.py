@@ -5,7 +5,8 @@ The searches are generic over a step function
     step_fn(carry, tokens (N,)) -> (carry, logits (N, V), aux)
 
 that feeds the previous token of N sequences and returns next-token logits (any model, or a
-toy table in tests). `greedy_decode` and `beam_search` bind it to a `Captioner`.
+toy table in tests): `greedy_search` and `beam_search`. `greedy_decode` and `beam_decode`
+bind them to a `Captioner`.
 
 Outputs are (B, L) ids of the generated tokens after <bos>: the words, <eos> (unless the
 length ran out first), then `pad_id`.
@@ -21,7 +22,7 @@ follows the greedy path exactly, for any alpha.
 To compile a whole decode once, bind the static arguments:
 
     decode = jax.jit(functools.partial(
-        beam_search, model=model, bos_id=1, eos_id=2, max_length=20, beam_size=3))
+        beam_decode, model=model, bos_id=1, eos_id=2, max_length=20, beam_size=3))
     tokens, scores = decode(variables, images=images)
 """
 
@@ -77,9 +78,9 @@ def greedy_search(step_fn: StepFn, carry: Any, batch_size: int, *, bos_id: int, 
   return time_second(tokens), log_prob, jax.tree.map(time_second, aux)
 
 
-def beam_search_fn(step_fn: StepFn, carry: Any, batch_size: int, *, beam_size: int,
-                   bos_id: int, eos_id: int, max_length: int, alpha: float = 0.0,
-                   pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+def beam_search(step_fn: StepFn, carry: Any, batch_size: int, *, beam_size: int,
+                bos_id: int, eos_id: int, max_length: int, alpha: float = 0.0,
+                pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
   """Beam search; stops early once every hypothesis of every image has finished.
 
   Args:
@@ -176,7 +177,7 @@ def greedy_decode(variables: Any, model: nn.Module, images: jax.Array, bos_id: i
   return tokens, log_probs, aux.get("attention")
 
 
-def beam_search(variables: Any, model: nn.Module, images: jax.Array, bos_id: int, eos_id: int,
+def beam_decode(variables: Any, model: nn.Module, images: jax.Array, bos_id: int, eos_id: int,
                 max_length: int, beam_size: int = 3, alpha: float = 0.0,
                 pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
   """Beam-search captions of a batch of images.
@@ -185,7 +186,7 @@ def beam_search(variables: Any, model: nn.Module, images: jax.Array, bos_id: int
     variables: The model's variables.
     model: A `Captioner`.
     images: (B, H, W, C) images.
-    bos_id, eos_id, max_length, beam_size, alpha, pad_id: See `beam_search_fn`.
+    bos_id, eos_id, max_length, beam_size, alpha, pad_id: See `beam_search`.
 
   Returns:
     `(tokens, scores)`: (B, L) ids of the best hypothesis and its normalised score (B,).
@@ -193,6 +194,6 @@ def beam_search(variables: Any, model: nn.Module, images: jax.Array, bos_id: int
   carry, encoded = model.apply(variables, images, train=False, method=model.encode)
   # Each image's beams sit next to each other: row b * K + j is beam j of image b.
   carry, encoded = jax.tree.map(lambda x: jnp.repeat(x, beam_size, axis=0), (carry, encoded))
-  return beam_search_fn(
+  return beam_search(
       _model_step(variables, model, encoded), carry, images.shape[0], beam_size=beam_size,
       bos_id=bos_id, eos_id=eos_id, max_length=max_length, alpha=alpha, pad_id=pad_id)

@@ -194,43 +194,48 @@ class CaptioningTask(base.Task):
                max_length=self.max_length - 1, pad_id=self.vocab.pad_id)
     greedy_fn = jax.jit(functools.partial(decoding.greedy_decode, model=model, **ids),
                         out_shardings=replicated)
-    beam_fn = jax.jit(functools.partial(decoding.beam_search, model=model,
+    beam_fn = jax.jit(functools.partial(decoding.beam_decode, model=model,
                                         beam_size=self.beam_size, alpha=self.length_penalty,
                                         **ids), out_shardings=replicated)
     return greedy_fn, beam_fn
 
   def decode(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-             source, mesh: jax.sharding.Mesh) -> dict:
-    """Greedy (and beam) captions of the first `eval_examples` images of `source`.
+             source, mesh: jax.sharding.Mesh, limit: int | None = None,
+             beam: bool = True) -> dict:
+    """Greedy (and beam) captions of the first `eval_examples` (at most `limit`) images of
+    `source`.
 
     Every process decodes the same images (replicated), so all of them get every caption.
 
+    Args:
+      beam: also decode with beam search (when `beam_size` > 1).
+
     Returns:
-      `greedy` and `beam` (lists of strings), `attention` ((N, L, cells) greedy attention or
-      None), `images` (the first `num_pictures` raw uint8 images) and `references`.
+      `greedy` and `beam` (lists of strings; `beam` empty without beam search), `attention`
+      ((N, L, cells) greedy attention or None) and `references`.
     """
     count = len(source) if self.eval_examples is None else min(self.eval_examples, len(source))
+    count = count if limit is None else min(limit, count)
     greedy_fn, beam_fn = self._decoders(model, mesh)
     replicated = sharding.replicated(mesh)
-    greedy, beam, attention = [], [], []
+    greedy, beamed, attention = [], [], []
     for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
                                        keys=self.keys, kinds=self.feature_kinds,
                                        example_fn=self.example_transform, shard=False):
-      if len(greedy) >= count:
-        break
       real = int(batch["weight"].sum())
       images = sharding.to_global({"image": batch["image"]}, replicated)["image"]
       tokens, _, att = greedy_fn(variables, images=images)
       greedy += [self.vocab.decode(t) for t in np.asarray(tokens)[:real]]
       if att is not None:
         attention.append(np.asarray(att)[:real])
-      if self.beam_size > 1:
+      if beam and self.beam_size > 1:
         tokens, _ = beam_fn(variables, images=images)
-        beam += [self.vocab.decode(t) for t in np.asarray(tokens)[:real]]
+        beamed += [self.vocab.decode(t) for t in np.asarray(tokens)[:real]]
+      if len(greedy) >= count:  # Before reading another batch.
+        break
     references = [_references(_lookup(source[i], self.caption_key)) for i in range(count)]
-    return {"greedy": greedy[:count], "beam": beam[:count], "references": references,
-            "attention": np.concatenate(attention)[:count] if attention else None,
-            "images": [source[i]["image"] for i in range(min(self.num_pictures, count))]}
+    return {"greedy": greedy[:count], "beam": beamed[:count], "references": references,
+            "attention": np.concatenate(attention)[:count] if attention else None}
 
   def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
     """`caption` (greedy, one string per image) and `beam_caption` when `beam_size` > 1."""
@@ -242,21 +247,32 @@ class CaptioningTask(base.Task):
       out["beam_caption"] = [self.vocab.decode(t) for t in np.asarray(tokens)]
     return out
 
-  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
-    """Corpus BLEU-1..4 and CIDEr-D of greedy and beam captions; draws a few on process 0."""
-    out = self.decode(model, variables, config, eval_source, mesh)
+  def evaluate_extra(self, context: base.EvalContext) -> dict:
+    """Corpus BLEU-1..4 and CIDEr-D of greedy and beam captions."""
+    c = context
+    out = self.decode(c.model, c.variables, c.config, c.eval_source, c.mesh)
     metrics = {**metrics_lib.bleu(out["greedy"], out["references"]),
                "cider": metrics_lib.cider_d(out["greedy"], out["references"])}
     if out["beam"]:
       beam_bleu = metrics_lib.bleu(out["beam"], out["references"])
       metrics.update({f"beam_{k}": v for k, v in beam_bleu.items()})
       metrics["beam_cider"] = metrics_lib.cider_d(out["beam"], out["references"])
-    if jax.process_index() == 0 and self.num_pictures:
-      n = len(out["images"])
-      caption_pictures.plot_captions(
-          out["images"], out["greedy"][:n], [r[0] for r in out["references"][:n]],
-          self.picture_path(workdir, step),
-          attention=None if out["attention"] is None else out["attention"][:n],
-          words=[t.split() for t in out["greedy"][:n]])
     return metrics
+
+  def draw_pictures(self, context: base.EvalContext) -> str | None:
+    """The first `num_pictures` eval images with their greedy caption (and its attention) and
+    first reference (every process decodes their batch; process 0 draws)."""
+    if not self.num_pictures:
+      return None
+    c = context
+    out = self.decode(c.model, c.variables, c.config, c.eval_source, c.mesh,
+                      limit=self.num_pictures, beam=False)
+    if jax.process_index() != 0:
+      return None
+    n = len(out["greedy"])
+    path = self.picture_path(c.workdir, c.step)
+    caption_pictures.plot_captions(
+        [c.eval_source[i]["image"] for i in range(n)], out["greedy"],
+        [r[0] for r in out["references"]], path, attention=out["attention"],
+        words=[t.split() for t in out["greedy"]])
+    return path

@@ -22,7 +22,7 @@ as long as detections and ground truth use the same unit.
 Accumulating over batches and processes: `DetectionAccumulator.add` takes per-image lists,
 batch after batch; `result()` computes the metrics once over everything added. Matching is
 per image, so an accumulator holding every eval image is exact whatever the batching. In a
-multi-process run, `DetectionTask.evaluate_more` gives every process the whole eval split
+multi-process run, `DetectionTask.evaluate_extra` gives every process the whole eval split
 (as captioning decodes every caption on every process), so each process's accumulator holds
 all images and every process reports the same numbers; nothing needs gathering.
 """

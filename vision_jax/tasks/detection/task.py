@@ -14,11 +14,13 @@ stream stays deterministic and resumable) moves `image` and the pixel `boxes` to
 (`input.train_crop`); a box a crop leaves without area becomes an all-zero row, and
 `model_inputs` gives it label -1, so the targets do not count it as an object.
 
-Evaluation: `eval_sums` only counts images and detections; `evaluate_more` runs the detector
-over the whole eval split on every process (replicated, as captioning decodes) and computes
-mAP@[.5:.95], mAP@.5 and mAP@.75 with `vision_jax.tasks.detection.metrics`, so every process holds
-every image and no gathering is needed. Process 0 draws the first `num_pictures` images with
-their ground truth and predicted boxes.
+Evaluation: `evaluate_extra` runs the detector once over the whole eval split on every process
+(replicated, as captioning decodes), counts images and detections and computes mAP@[.5:.95],
+mAP@.5 and mAP@.75 with `vision_jax.tasks.detection.metrics`, so every process holds every
+image and no gathering is needed; the loop's summed pass is off (`summed_eval`), and `eval_sums`
+only gives the live weights' `raw/` counts next to an EMA. `draw_pictures` predicts the first
+eval batch again and process 0 draws its first `num_pictures` images with their ground truth
+and predicted boxes.
 """
 
 import dataclasses
@@ -90,6 +92,7 @@ class DetectionTask(base.Task):
   lower_is_better: ClassVar[tuple[str, ...]] = ()
   curve_metric: ClassVar[str] = "map50"
   picture_dir: ClassVar[str] = "detection"
+  summed_eval: ClassVar[bool] = False  # `evaluate_extra` counts and scores in one pass.
   # After `example_transform`: pixel boxes move with the image; their labels do not.
   feature_kinds: ClassVar[transforms.FeatureKinds] = {
       "image": "image", "boxes": "boxes", "labels": "other"}
@@ -268,8 +271,6 @@ class DetectionTask(base.Task):
     for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
                                        keys=self.keys, kinds=self.feature_kinds,
                                        example_fn=self.example_transform, shard=False):
-      if len(detections) >= count:
-        break
       real = min(int(batch["weight"].sum()), count - len(detections))
       images = sharding.to_global({"image": batch["image"]}, replicated)["image"]
       out = jax.device_get(predict_fn(variables, images)[0])
@@ -278,6 +279,8 @@ class DetectionTask(base.Task):
         detections.append({"boxes": out["boxes"][i][valid], "labels": out["labels"][i][valid],
                            "scores": out["scores"][i][valid]})
         truths.append({"boxes": batch["boxes"][i][truth], "labels": batch["labels"][i][truth]})
+      if len(detections) >= count:  # Before reading another batch.
+        break
     return detections, truths
 
   def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:
@@ -287,25 +290,40 @@ class DetectionTask(base.Task):
         {"boxes": out["boxes"][i][valid], "labels": out["labels"][i][valid],
          "scores": out["scores"][i][valid]} for i, valid in enumerate(out["valid"])]}
 
-  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
-    """COCO-style mAP over the eval split; per-class AP@.5; pictures on process 0."""
-    detections, truths = self.predict(model, variables, config, eval_source, mesh)
+  def evaluate_extra(self, context: base.EvalContext) -> dict:
+    """Image and detection counts, COCO-style mAP and per-class AP@.5, all from one pass of
+    the detector over the eval split (hence `summed_eval = False`)."""
+    c = context
+    detections, truths = self.predict(c.model, c.variables, c.config, c.eval_source, c.mesh)
     result = det_metrics.average_precision(detections, truths, self.num_classes,
                                            max_detections=self.eval_max_detections)
-    metrics = {"map": result["map"], "map50": result["map50"], "map75": result["map75"]}
+    count = len(detections)
+    metrics = {"num_examples": count,  # As `finalize` reports them from the summed pass.
+               "detections_per_image": sum(len(d["labels"]) for d in detections) / max(count, 1),
+               "map": result["map"], "map50": result["map50"], "map75": result["map75"]}
     for name, ap50 in zip(self.class_names, result["ap"][:, 0]):
       if not np.isnan(ap50):
         metrics[f"ap50/{_tag(name)}"] = float(ap50)
-    if jax.process_index() == 0 and self.num_pictures:
-      from vision_jax.tasks.detection import pictures as det_viz  # matplotlib: only when drawing.
-      n = min(self.num_pictures, len(detections))
-      images = [self.example_transform(eval_source[i])["image"] for i in range(n)]
-      det_viz.plot_detections(
-          images, truths[:n], detections[:n], self.class_names,
-          self.picture_path(workdir, step),
-          title=f"Faster R-CNN ({config.model.name}) on {config.dataset.name}, step {step}")
     return metrics
+
+  def draw_pictures(self, context: base.EvalContext) -> str | None:
+    """The first `num_pictures` eval images with their ground truth and predicted boxes (every
+    process predicts their batch; process 0 draws)."""
+    if not self.num_pictures:
+      return None
+    c = context
+    detections, truths = self.predict(c.model, c.variables, c.config, c.eval_source, c.mesh,
+                                      limit=self.num_pictures)
+    if jax.process_index() != 0:
+      return None
+    from vision_jax.tasks.detection import pictures as det_viz  # matplotlib: only when drawing.
+    n = len(detections)
+    images = [self.example_transform(c.eval_source[i])["image"] for i in range(n)]
+    path = self.picture_path(c.workdir, c.step)
+    det_viz.plot_detections(
+        images, truths, detections, self.class_names, path,
+        title=f"Faster R-CNN ({c.config.model.name}) on {c.config.dataset.name}, step {c.step}")
+    return path
 
 
 def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> tuple[str, ...]:

@@ -215,30 +215,31 @@ class SegmentationTask(base.Task):
     logits, _ = base.jitted_apply(model)(variables, images)
     return {"mask": np.asarray(jnp.argmax(logits, -1))}
 
-  def evaluate_more(self, model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-                    eval_source, mesh: jax.sharding.Mesh, workdir: str, step: int) -> dict:
+  def draw_pictures(self, context: base.EvalContext) -> str | None:
     """Draws the first `num_pictures` eval images: image | ground truth | prediction.
 
     Every process predicts them (the state may span processes, so the computation is
-    collective); process 0 draws. No metrics.
+    collective); process 0 draws.
     """
     if not self.num_pictures:
-      return {}
-    raw, batch = pipeline.eval_examples(eval_source,
-                                        pipeline.InputOptions.from_config(config.input),
+      return None
+    c = context
+    raw, batch = pipeline.eval_examples(c.eval_source,
+                                        pipeline.InputOptions.from_config(c.config.input),
                                         self.num_pictures, keys=self.keys,
                                         kinds=self.feature_kinds)
-    images = sharding.to_global({"image": batch["image"]}, sharding.replicated(mesh))["image"]
-    predicted = np.asarray(_predict_fn(model, mesh)(variables, images))  # (N, H, W) classes
-    if jax.process_index() == 0:
-      from vision_jax.tasks.segmentation import pictures as seg_viz  # matplotlib: only when drawing.
-      path = self.picture_path(workdir, step)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)), predicted,
-                               self.class_names, path,
-                               title=f"{config.model.name} FCN-{config.segmentation.variant} "
-                               f"on {config.dataset.name}, step {step}")
-    return {}
+    images = sharding.to_global({"image": batch["image"]}, sharding.replicated(c.mesh))["image"]
+    predicted = np.asarray(_predict_fn(c.model, c.mesh)(c.variables, images))  # (N, H, W)
+    if jax.process_index() != 0:
+      return None
+    from vision_jax.tasks.segmentation import pictures as seg_viz  # matplotlib: only when drawing.
+    path = self.picture_path(c.workdir, c.step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    seg_viz.plot_predictions(raw["image"], np.asarray(self.labels(batch)), predicted,
+                             self.class_names, path,
+                             title=f"{c.config.model.name} FCN-{c.config.segmentation.variant} "
+                             f"on {c.config.dataset.name}, step {c.step}")
+    return path
 
 
 @functools.lru_cache(maxsize=4)
