@@ -21,8 +21,8 @@ from vision_jax import models
 from vision_jax.models import alexnet, googlenet, pooling, resnet, vgg, wide_resnet
 from vision_jax.models import backbone as backbone_lib
 
-NEW_MODELS = ("alexnet", "zfnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn",
-              "vgg16_bn", "vgg19_bn", "googlenet", "wrn28_10", "wrn40_4")
+_FAMILIES = ("alexnet", "zfnet", "vgg", "googlenet", "wide_resnet")  # The families tested here.
+NEW_MODELS = tuple(name for name, info in models.MODEL_INFO.items() if info.family in _FAMILIES)
 BATCH = 2
 
 
@@ -91,7 +91,8 @@ def test_output_contract(name):
   # Mixed precision keeps parameters and BatchNorm statistics in float32.
   assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   assert ("batch_stats" in variables) == (
-      name.endswith("_bn") or name.startswith(("googlenet", "wrn")))
+      models.model_info(name).family in ("googlenet", "wide_resnet")
+      or getattr(model, "batch_norm", False))
   for train in (False, True):
     logits, features = _abstract_apply(model, variables, images, train)
     assert (logits.shape, logits.dtype) == ((BATCH, 7), jnp.float32)
@@ -235,12 +236,12 @@ def test_train_step_is_finite_and_reaches_every_parameter(name):
 # --- The backbone contract (vision_jax.models.backbone) -----------------------------------------
 
 # What `num_classes=None` leaves out of each family: top-level parameter names.
-_CLASSIFIERS = {"mlp": {"head"}, "simple_cnn": {"head"}, "googlenet": {"head", "aux1", "aux2"}}
-for _name in models.MODELS:
-  if _name.startswith(("alexnet", "zfnet", "vgg")):
-    _CLASSIFIERS[_name] = {"head", "fc6", "fc7"}
-  elif _name.startswith(("resnet", "wrn")):
-    _CLASSIFIERS[_name] = {"head"}
+_FAMILY_CLASSIFIERS = {
+    "mlp": {"head"}, "simple_cnn": {"head"}, "resnet": {"head"}, "wide_resnet": {"head"},
+    "googlenet": {"head", "aux1", "aux2"}, "alexnet": {"head", "fc6", "fc7"},
+    "zfnet": {"head", "fc6", "fc7"}, "vgg": {"head", "fc6", "fc7"}}
+_CLASSIFIERS = {name: _FAMILY_CLASSIFIERS[info.family]
+                for name, info in models.MODEL_INFO.items()}
 
 
 def _param_paths(variables) -> set[str]:
@@ -250,7 +251,7 @@ def _param_paths(variables) -> set[str]:
 @pytest.mark.parametrize("name", sorted(_CLASSIFIERS))
 def test_every_zoo_model_builds_headless(name):
   """num_classes=None: no classifier parameters, logits None, the headed model's pre_logits."""
-  assert set(_CLASSIFIERS) == set(models.MODELS)  # Every registered model has an entry.
+  assert set(_CLASSIFIERS) == set(models.MODELS)  # Every registered model has a record.
   images = _images(32)
   headed = models.get_model(name, num_classes=7)
   headless = models.get_model(name, num_classes=None)

@@ -9,17 +9,21 @@ import math
 
 import ml_collections
 
+from vision_jax import models
 from vision_jax.errors import UserError
+from vision_jax.models import info
 
-# Per-channel statistics on [0, 1] pixels.
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.286,), (0.353,)
+# Per-channel statistics on [0, 1] pixels (written in `vision_jax.models.info`, which the models'
+# records use; the configs read them here).
+IMAGENET_MEAN, IMAGENET_STD = info.IMAGENET_MEAN, info.IMAGENET_STD
+CIFAR10_MEAN, CIFAR10_STD = info.CIFAR10_MEAN, info.CIFAR10_STD
+CIFAR100_MEAN, CIFAR100_STD = info.CIFAR100_MEAN, info.CIFAR100_STD
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = info.FASHION_MNIST_MEAN, info.FASHION_MNIST_STD
 
-# ImageNet-style families: global batch size, SGD learning rate per 256 images, weight decay,
-# epochs. AlexNet and VGG as their papers trained them (0.01, decay 5e-4), GoogLeNet and ResNet
-# with the large-batch recipe of Goyal et al. (0.1 per 256 images, 5 warmup epochs).
+# ImageNet recipes by model family (`ModelInfo.family`): global batch size, SGD learning rate per
+# 256 images, weight decay, epochs. AlexNet and VGG as their papers trained them (0.01, decay
+# 5e-4), GoogLeNet and ResNet with the large-batch recipe of Goyal et al. (0.1 per 256 images,
+# 5 warmup epochs).
 _FAMILY_RECIPES = {
     "alexnet": (256, 0.01, 5e-4, 90),
     "zfnet": (256, 0.01, 5e-4, 90),
@@ -30,11 +34,20 @@ _FAMILY_RECIPES = {
 
 
 def _family(model: str) -> str:
-  for family in _FAMILY_RECIPES:
-    if model.startswith(family):
-      return family
-  raise UserError(f"No ImageNet recipe for model {model!r}; valid choices: names starting "
-                  f"with {sorted(_FAMILY_RECIPES)}.")
+  """The family whose ImageNet recipe `model` takes: its record's; for a model registered
+  without a record, the family its name starts with (e.g. a user's "resnet_se")."""
+  record = models.model_info(model)
+  if record is not None:
+    family = record.family
+  else:
+    family = next((f for f in _FAMILY_RECIPES if model.startswith(f)), None)
+  if family not in _FAMILY_RECIPES:
+    choices = [name for name, i in models.MODEL_INFO.items() if i.family in _FAMILY_RECIPES]
+    of_family = f" (family {family!r})" if record is not None else ""
+    raise UserError(f"No ImageNet recipe for model {model!r}{of_family}; valid choices: "
+                    f"{choices}, or a model of your own whose name starts with a family: "
+                    f"{sorted(_FAMILY_RECIPES)}.")
+  return family
 
 
 def fashion_mnist(c: ml_collections.ConfigDict, batch_size: int) -> None:
@@ -65,7 +78,7 @@ def large_scale_classification(c: ml_collections.ConfigDict, model: str,
 
   Args:
     c: a config from `base_config()`, changed in place.
-    model: a registry name (alexnet, zfnet, vgg*, googlenet, resnet*).
+    model: a registry name of the families alexnet, zfnet, vgg, googlenet, resnet.
     num_train_examples: training-set size, for the warmup length (5 epochs where warmed up).
   """
   batch_size, lr_per_256, weight_decay, epochs = _FAMILY_RECIPES[_family(model)]

@@ -16,22 +16,24 @@ import jax.numpy as jnp
 
 from vision_jax import errors, registry
 from vision_jax.models import alexnet, googlenet, resnet, vgg, wide_resnet
+from vision_jax.models.info import MODEL_INFO, ModelInfo, model_info
 from vision_jax.models.mlp import MLP
 from vision_jax.models.simple_cnn import SimpleCNN
 
 # Name -> constructor taking the model's fields as keyword arguments. Built-in models are listed
-# here; code outside the package adds its own with `register`.
+# here, and their facts (family, usual input, torchvision name ...) in `info.MODEL_INFO`; code
+# outside the package adds its own with `register` (a record is optional).
 MODELS: registry.Registry[Callable[..., nn.Module]] = registry.Registry(
     "model", "vision_jax.models.register", {
     "mlp": MLP,
     "simple_cnn": SimpleCNN,
-    # CIFAR-style (32x32 inputs).
+    # CIFAR-style.
     "resnet20": resnet.ResNet20,
     "resnet32": resnet.ResNet32,
     "resnet56": resnet.ResNet56,
     "wrn28_10": wide_resnet.WRN28_10,
     "wrn40_4": wide_resnet.WRN40_4,
-    # ImageNet-style (224x224 inputs).
+    # ImageNet-style.
     "resnet18": resnet.ResNet18,
     "resnet34": resnet.ResNet34,
     "resnet50": resnet.ResNet50,
@@ -97,5 +99,5 @@ def get_model(
 
 
 __all__ = [
-    "MODELS", "MLP", "SimpleCNN", "alexnet", "get_model", "googlenet", "model_fields", "register",
-    "resnet", "vgg", "wide_resnet"]
+    "MODELS", "MODEL_INFO", "MLP", "ModelInfo", "SimpleCNN", "alexnet", "get_model", "googlenet",
+    "model_fields", "model_info", "register", "resnet", "vgg", "wide_resnet"]

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling, precision
+from vision_jax.models import layers, pooling, precision
 
 # One convolution: (filters, kernel size, stride, padding, followed by a 3x3/2 max-pool).
 ConvSpec = tuple[int, int, int, int, bool]
@@ -95,14 +95,9 @@ class AlexNet(nn.Module):
       built) and `pre_logits`: (B, 36 C) flattened `pooled`, or (B, hidden) `fc7` with
       `fc_in_trunk`.
     """
-    # He initialisation (fan-out, as torchvision's VGG) for convolutions; the classifier starts
-    # at normal(0.01), as torchvision's VGG does.
-    conv = functools.partial(
-        nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    dense = functools.partial(
-        nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.normal(0.01))
+    # Initialised as torchvision's VGG: He (fan-out) convolutions, a normal(0.01) classifier.
+    conv = layers.conv(self.dtype, self.param_dtype)
+    dense = layers.classifier_dense(self.dtype, self.param_dtype)
 
     out = {}
     for i, (filters, kernel, stride, padding, pool) in enumerate(self.convs):

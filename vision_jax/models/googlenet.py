@@ -35,12 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling, precision
+from vision_jax.models import layers, pooling, precision
+from vision_jax.models.info import IMAGENET_MEAN, IMAGENET_STD
 from vision_jax.models.layers import ConvNormAct, ModuleDef
-
-# torchvision's `transform_input` undoes this normalisation (RGB) and applies mean = std = 0.5.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Inception blocks by name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection).
 INCEPTION_BLOCKS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -153,18 +150,12 @@ class GoogLeNet(nn.Module):
       `pooled` = `pre_logits` (B, 1024); in training with `aux_logits` (and a classifier),
       also `aux1` and `aux2`, float32 logits (B, num_classes).
     """
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
     # epsilon 1e-3, not 1e-5: torchvision's GoogLeNet uses it, and ported weights expect it.
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-3,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-        force_float32_reductions=precision.float32_statistics(self.dtype))
-    conv_norm = functools.partial(ConvNormAct, conv=conv, norm=norm)
-    dense = functools.partial(
-        nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.normal(0.01))
+    conv_norm = functools.partial(
+        ConvNormAct, conv=layers.conv(self.dtype, self.param_dtype, use_bias=False),
+        norm=layers.batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype,
+                               epsilon=1e-3))
+    dense = layers.classifier_dense(self.dtype, self.param_dtype)
     # Auxiliary heads cost compute and parameters only where they are used: in training, and at
     # init, so that variables initialised in eval mode can still be trained.
     run_aux = (self.aux_logits and self.num_classes is not None
@@ -172,9 +163,10 @@ class GoogLeNet(nn.Module):
 
     out = {}
     if self.transform_input:
-      # (x * std + mean - 0.5) / 0.5 per channel, constants computed as torchvision does.
-      scale = jnp.array([s / 0.5 for s in _IMAGENET_STD], x.dtype)
-      shift = jnp.array([(m - 0.5) / 0.5 for m in _IMAGENET_MEAN], x.dtype)
+      # torchvision's `transform_input` undoes the ImageNet normalisation (RGB) and applies
+      # mean = std = 0.5: (x * std + mean - 0.5) / 0.5 per channel, computed as torchvision does.
+      scale = jnp.array([s / 0.5 for s in IMAGENET_STD], x.dtype)
+      shift = jnp.array([(m - 0.5) / 0.5 for m in IMAGENET_MEAN], x.dtype)
       x = x * scale + shift  # (B, H, W, 3)
     x = conv_norm(64, kernel_size=(7, 7), strides=(2, 2), name="conv1")(x)  # (B, 112, 112, 64)
     x = pooling.torch_max_pool(x, 3, 2, ceil_mode=True)  # (B, 56, 56, 64)

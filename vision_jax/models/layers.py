@@ -1,17 +1,71 @@
-"""Small building blocks shared by the models.
+"""Small building blocks shared by the models, and the one place their layers are configured.
 
 Layers are injected as partially applied constructors (`ModuleDef`), so a model decides once how
-every convolution and normalisation is configured (dtype, initialiser, train/eval BatchNorm) and
-the blocks stay free of that plumbing.
+every convolution and normalisation is configured and the blocks stay free of that plumbing.
+`conv`, `batch_norm` and `classifier_dense` make those constructors for every zoo model: dtypes,
+initialisers, BatchNorm's momentum, epsilon and float32 statistics are written here only.
 """
 
 from collections.abc import Callable
+import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 
+from vision_jax.models import precision
+
 # A layer constructor with its configuration already bound, e.g. `partial(nn.Conv, use_bias=False)`.
 ModuleDef = Callable[..., nn.Module]
+
+# He initialisation (fan-out, normal, as torchvision's): keeps activations at unit scale under ReLU.
+he_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(dtype: Any, param_dtype: Any, **fields: Any) -> ModuleDef:
+  """The zoo's convolution: `nn.Conv` computing in `dtype`, He (fan-out) initialised.
+
+  Args:
+    dtype: Computation dtype.
+    param_dtype: Parameter dtype.
+    **fields: Other `nn.Conv` fields, the same for every call, e.g. `use_bias=False` before a
+      BatchNorm, or a fixed `kernel_size` and `padding`.
+
+  Returns:
+    A constructor called as `conv(features, kernel_size, strides, padding=..., name=...)`.
+  """
+  return functools.partial(nn.Conv, dtype=dtype, param_dtype=param_dtype, kernel_init=he_fan_out,
+                           **fields)
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Any, param_dtype: Any,
+               epsilon: float = 1e-5) -> ModuleDef:
+  """The zoo's BatchNorm: PyTorch's defaults (momentum 0.9 here is its 0.1), float32 statistics.
+
+  Args:
+    train: Normalise with the batch's statistics and update the running averages (in the
+      mutable `'batch_stats'` collection); otherwise normalise with the running averages.
+    axis_name: Device axis over which batch statistics are averaged (pmap / shard_map); None
+      normalises with each device's local batch.
+    dtype: Computation dtype; statistics and running averages stay float32 under bfloat16
+      (`precision.float32_statistics`).
+    param_dtype: Dtype of the scale and bias.
+    epsilon: Added to the variance; 1e-5 as PyTorch (GoogLeNet's ported weights need 1e-3).
+
+  Returns:
+    A constructor called with keyword arguments only, e.g. `norm(name="bn")`.
+  """
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=epsilon,
+      axis_name=axis_name, dtype=dtype, param_dtype=param_dtype,
+      force_float32_reductions=precision.float32_statistics(dtype))
+
+
+def classifier_dense(dtype: Any, param_dtype: Any) -> ModuleDef:
+  """torchvision's classifier layers of AlexNet, VGG and GoogLeNet: `nn.Dense` with normal(0.01)
+  weights and zero biases. Called as `dense(features, name=...)`."""
+  return functools.partial(nn.Dense, dtype=dtype, param_dtype=param_dtype,
+                           kernel_init=nn.initializers.normal(0.01))
 
 
 class ConvNormAct(nn.Module):

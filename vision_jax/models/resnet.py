@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import precision
+from vision_jax.models import layers, precision
 from vision_jax.models.layers import ConvNormAct, ModuleDef, drop_path, drop_path_rates
 
 
@@ -124,15 +124,10 @@ class ResNet(nn.Module):
       the activations after the stem (`stem`), after each stage (`stage1`, `stage2`, ...:
       (B, H', W', C')) and after global average pooling (`pooled` = `pre_logits`: (B, C')).
     """
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        # He initialisation (fan-out, as in torchvision) keeps activations at unit scale under ReLU.
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-        force_float32_reductions=precision.float32_statistics(self.dtype))
-    conv_norm = functools.partial(ConvNormAct, conv=conv, norm=norm)
+    # No conv biases: every convolution feeds a BatchNorm, whose offset replaces them.
+    conv_norm = functools.partial(
+        ConvNormAct, conv=layers.conv(self.dtype, self.param_dtype, use_bias=False),
+        norm=layers.batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype))
 
     out = {}
     if self.stem == "imagenet":

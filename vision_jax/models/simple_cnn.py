@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling, precision
+from vision_jax.models import layers, pooling, precision
 
 
 class SimpleCNN(nn.Module):
@@ -60,11 +60,8 @@ class SimpleCNN(nn.Module):
           width, (3, 3), padding="SAME", use_bias=not self.batch_norm, dtype=self.dtype,
           param_dtype=self.param_dtype, name=f"conv{i + 1}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         axis_name=self.bn_axis_name, dtype=self.dtype,
-                         param_dtype=self.param_dtype,
-                         force_float32_reductions=precision.float32_statistics(self.dtype),
-                         name=f"norm{i + 1}")(x)
+        x = layers.batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)(
+            name=f"norm{i + 1}")(x)
       x = nn.relu(x)
       x = pooling.max_pool(x, 2)  # (B, H // 2, W // 2, width)
       out[f"conv{i + 1}"] = x

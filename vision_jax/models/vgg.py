@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import pooling, precision
+from vision_jax.models import layers, pooling, precision
 
 
 def _max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -87,18 +87,10 @@ class VGG(nn.Module):
       (B, 7, 7, 512), `fc6`, `fc7` (B, hidden) after their ReLU (where they are built) and
       `pre_logits`: (B, 49 * 512) flattened `pooled`, or (B, hidden) `fc7` with `fc_in_trunk`.
     """
-    # torchvision's VGG initialisation: He (fan-out) convolutions, normal(0.01) dense layers.
-    conv = functools.partial(
-        nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-        force_float32_reductions=precision.float32_statistics(self.dtype))
-    dense = functools.partial(
-        nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.normal(0.01))
+    # torchvision's VGG: convolutions keep their bias, also before a BatchNorm.
+    conv = layers.conv(self.dtype, self.param_dtype, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
+    norm = layers.batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
+    dense = layers.classifier_dense(self.dtype, self.param_dtype)
 
     out = {}
     for i, (num_convs, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models import precision
+from vision_jax.models import layers, precision
 from vision_jax.models.layers import ModuleDef, drop_path, drop_path_rates
 
 
@@ -110,15 +110,9 @@ class WideResNet(nn.Module):
       raise ValueError(f"WideResNet depth must be 6n + 4, got {self.depth}")
     blocks_per_stage = (self.depth - 4) // 6
     # Symmetric padding as in resnet.py (for stride 2 flax's "SAME" pads only the bottom/right,
-    # PyTorch both sides), He fan-out initialisation, no biases: every convolution feeds a
-    # BatchNorm or a residual sum.
-    conv = functools.partial(
-        nn.Conv, padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"))
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-        axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
-        force_float32_reductions=precision.float32_statistics(self.dtype))
+    # PyTorch both sides), no biases: every convolution feeds a BatchNorm or a residual sum.
+    conv = layers.conv(self.dtype, self.param_dtype, padding=((1, 1), (1, 1)), use_bias=False)
+    norm = layers.batch_norm(train, self.bn_axis_name, self.dtype, self.param_dtype)
 
     out = {}
     x = conv(16, (3, 3), name="stem")(x)  # (B, H, W, 16)

@@ -2,10 +2,12 @@
 
     python -m vision_jax.tools.torch_import resnet50 --torch_file=resnet50.pth --out=/abs/dir
 
-Supported: alexnet, vgg11/13/16/19 and their _bn variants, googlenet, resnet18/34/50/101/152
-(torchvision's layouts, which ours follow layer for layer). The saved directory is an orbax
-checkpoint of just `{"params", "batch_stats"}`, as `model.init` returns them for that model with
-`num_classes` taken from the state dict's last layer; `vision_jax.train.weights.load_converted` reads it back as NumPy.
+Supported (`SUPPORTED`): every zoo model whose record names a torchvision builder
+(`ModelInfo.torchvision_name` in `vision_jax.models.info`): the ImageNet ResNets, AlexNet, VGG
+with and without BatchNorm, and GoogLeNet, whose layouts ours follow layer for layer. The saved
+directory is an orbax checkpoint of just `{"params", "batch_stats"}`, as `model.init` returns
+them for that model with `num_classes` taken from the state dict's last layer;
+`vision_jax.train.weights.load_converted` reads it back as NumPy.
 
 The conversion walks our variable tree (from `jax.eval_shape`, so nothing is computed) and takes
 each leaf from its torchvision key, so it fails with every missing, unexpected and mis-shaped key
@@ -47,9 +49,8 @@ import numpy as np
 from vision_jax import errors, models
 from vision_jax.train import weights
 
-SUPPORTED = (
-    "alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-    "vgg19_bn", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# Our registry names of the models torchvision has, from their records.
+SUPPORTED = tuple(name for name, info in models.MODEL_INFO.items() if info.torchvision_name)
 
 # (collection, our leaf name) -> torch parameter or buffer name.
 _LEAF_NAMES = {
@@ -121,11 +122,12 @@ def _vgg_layout(model: models.vgg.VGG) -> _Layout:
 
 
 def _layout(model_name: str, model: Any) -> _Layout:
-  if model_name == "alexnet":
+  family = models.model_info(model_name).family
+  if family == "alexnet":
     return _alexnet_layout(model)
-  if model_name.startswith("vgg"):
+  if family == "vgg":
     return _vgg_layout(model)
-  if model_name == "googlenet":
+  if family == "googlenet":
     # Our names equal torchvision's except the inception branches and "norm" for "bn"; the aux
     # heads flatten a (128, 4, 4) map.
     return _Layout(
@@ -159,8 +161,9 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any]) -> dict[s
   """Converts a torchvision state dict into our model's variables.
 
   Args:
-    model_name: One of `SUPPORTED` (our registry name, equal to torchvision's builder name).
-    state_dict: torchvision's `model.state_dict()`: names -> arrays or tensors.
+    model_name: One of `SUPPORTED` (our registry name).
+    state_dict: The `model.state_dict()` of torchvision's model of that layout (its builder is
+      the record's `torchvision_name`): names -> arrays or tensors.
 
   Returns:
     `{"params": ..., "batch_stats": ...}` of float32 NumPy arrays, with the tree structure and
@@ -255,6 +258,11 @@ def main(argv):
   weights.save_converted(variables, out)
   num_params = sum(leaf.size for leaf in jax.tree.leaves(variables["params"]))
   print(f"Wrote {argv[1]} ({num_params:,} parameters) to {os.path.abspath(out)}")
+  info = models.model_info(argv[1])
+  height, width, channels = info.input_size
+  print(f"torchvision's pretrained weights expect {height}x{width}x{channels} images normalised "
+        f"with mean {info.mean} and std {info.std} (config.input.mean and .std)"
+        f"{'; build googlenet with transform_input=True' if info.family == 'googlenet' else ''}.")
 
 
 if __name__ == "__main__":
