@@ -29,6 +29,7 @@ from PIL import Image
 
 from vision_jax import errors
 from vision_jax.data import pipeline
+from vision_jax.models import info
 
 
 class ArraySource:
@@ -93,7 +94,7 @@ def jpeg_imagenet(batch_size: int, num_batches: int, workers: int, jpeg_size) ->
   source = JpegSource(_photos(n, jpeg_size, rng), rng.integers(0, 1000, n))
   options = pipeline.InputOptions(batch_size=batch_size, image_size=224,
                                   train_crop="random_resized", random_flip=True,
-                                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                                  mean=info.IMAGENET_MEAN, std=info.IMAGENET_STD,
                                   num_workers=workers, prefetch=2)
   return _images_per_sec(pipeline.train_batches(source, options, seed=0), num_batches,
                          batch_size)

@@ -10,6 +10,7 @@ import pytest
 from vision_jax import config as config_lib
 from vision_jax import errors
 from vision_jax.data import pipeline, transforms
+from vision_jax.models import info
 from vision_jax.tasks.detection import task as detection
 
 KINDS = {"image": "image", "mask": "mask", "boxes": "boxes", "points": "points",
@@ -302,8 +303,8 @@ def test_shipped_augmentation_gives_the_same_batches_as_before():
   resumed = next(pipeline.train_batches(fixed, o, seed=7, start_step=4))
   got["cls_pad"] = [_digest(next(it), o), _digest(next(it), o), _digest(resumed, o)]
   o = pipeline.InputOptions(batch_size=16, train_crop="random_resized", image_size=24,
-                            center_crop_fraction=0.875, mean=(0.485, 0.456, 0.406),
-                            std=(0.229, 0.224, 0.225))
+                            center_crop_fraction=0.875, mean=info.IMAGENET_MEAN,
+                            std=info.IMAGENET_STD)
   it = pipeline.train_batches(varied, o, seed=1)
   got["cls_rrc"] = [_digest(next(it), o) for _ in range(2)]
   got["cls_eval"] = [_digest(b, o) for b in pipeline.eval_batches(varied, o)]

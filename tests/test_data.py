@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
 from vision_jax.data import datasets, pipeline, transforms
+from vision_jax.models import info
 
 
 KINDS = {"image": "image", "mask": "mask", "label": "other"}
@@ -123,7 +124,7 @@ def test_random_resized_crop_falls_back_to_a_centred_box_for_extreme_images():
 def test_imagenet_style_pipeline_on_variable_size_mock_images():
   c = pipeline.InputOptions(batch_size=8, eval_batch_size=8, image_size=24,
                             train_crop="random_resized", center_crop_fraction=0.875,
-                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+                            mean=info.IMAGENET_MEAN, std=info.IMAGENET_STD)
   with tfds.testing.mock_data(num_examples=12):
     builder = datasets.get_builder("imagenet2012", prepare=True)
     assert datasets.info(builder).image_shape is None  # Sizes vary, as in the real dataset.
