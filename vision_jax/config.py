@@ -172,23 +172,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.captioning.eval_examples = ml_collections.FieldReference(None, field_type=int)  # None: all.
   c.captioning.num_pictures = 6  # Eval images drawn with captions and attention.
 
-  # task="segmentation" only. The model is an FCN over the backbone model.name (its fields in
-  # model.kwargs); see vision_jax.tasks.segmentation.fcn.
-  c.segmentation = ml_collections.ConfigDict()
-  c.segmentation.variant = "8s"  # FCN-32s, -16s, -8s: skips from the stride-16/8 stages;
-  # "4s" adds one from the stride-4 stage (small images).
-  c.segmentation.head_width = 0  # fc6/fc7 as convolutions on the stride-32 map (paper: 4096).
-  c.segmentation.head_kernel = 7  # fc6's kernel (paper: 7).
-  c.segmentation.dropout_rate = 0.5  # After fc6 and fc7, in training.
-  c.segmentation.learn_final_upsample = False  # The paper fixes it to bilinear.
-  c.segmentation.class_names = (  # One per class; their number is the model's output width.
-      "background", "circle", "square", "triangle", "cross", "diamond", "ring")
-  c.segmentation.mask_key = "mask"  # The dataset feature holding the masks.
-  c.segmentation.label_map = ()  # Raw mask value v → class label_map[v] (< 0: ignore); values
-  # past its end are ignored. (): value v is class v, values >= len(class_names) are ignored.
-  c.segmentation.ignore_label = 255  # Raw mask value never counted (loss or metrics).
-  c.segmentation.class_weights = ()  # Loss weight per class; (): every pixel weighs 1.
-  c.segmentation.num_pictures = 4  # Eval images drawn to workdir/segmentation/ after each eval.
+  # task="segmentation" only: an FCN over the backbone model.name (its fields in model.kwargs).
+  # Its fields and defaults are those of the model FCN and of SegmentationTask, documented there
+  # (vision_jax.tasks.segmentation.task.default_config).
+  from vision_jax.tasks.segmentation import task as seg  # pylint: disable=g-import-not-at-top
+  c.segmentation = seg.default_config()
 
   # task="detection" only: Faster R-CNN over the backbone model.name (its fields in
   # model.kwargs). Its fields and defaults are those of DetectionTask and of the model

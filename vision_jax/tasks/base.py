@@ -225,3 +225,21 @@ def merge_flipped_logits(logits: jax.Array, mirrored: jax.Array) -> jax.Array:
   both = jnp.logaddexp(jax.nn.log_softmax(logits.astype(dtype), -1),
                        jax.nn.log_softmax(mirrored.astype(dtype), -1))
   return both - jnp.log(2.0).astype(dtype)
+
+
+def config_fields(cls: type, section: ml_collections.ConfigDict | None = None,
+                  exclude: tuple[str, ...] | frozenset[str] = ()) -> dict[str, Any]:
+  """The fields of the dataclass or Flax module `cls` that a task's config section holds: all
+  but `exclude` (what the task sets from elsewhere) and Linen's `parent` and `name`.
+
+  Without `section`, with their defaults: what a task's `default_config` is made of, so a
+  default is written once (on `cls`) and a field added to `cls` is a config field. With it, with
+  the values `section` gives them (a list, as a command line may give one, as a tuple: tasks and
+  models are hashed, static arguments of compiled steps): what `from_config` passes to `cls`.
+  """
+  fields = {f.name: f.default for f in dataclasses.fields(cls)
+            if f.name not in exclude and f.name not in ("parent", "name")}
+  if section is None:
+    return fields
+  return {name: tuple(section[name]) if isinstance(section[name], list) else section[name]
+          for name in fields}

@@ -356,7 +356,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 def _task_defaults() -> dict:
   """`DetectionTask`'s fields read from `config.detection`, with their defaults."""
-  return {f.name: f.default for f in dataclasses.fields(DetectionTask) if f.name != "image_size"}
+  return base.config_fields(DetectionTask, exclude=("image_size",))
 
 
 def _as_tuple(value):

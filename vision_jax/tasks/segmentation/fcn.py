@@ -220,12 +220,16 @@ class FCN(nn.Module):
 
   The head shares the FCN's scope, so its layers (`score32`, `up32`, `fc6`, ...) sit next to
   `backbone` in the parameters, as they did before the head was a module of its own.
+  `variant`, `head_width`, `head_kernel`, `learn_final_upsample` and `dropout_rate` are
+  `config.segmentation` fields, with their defaults from here
+  (`vision_jax.tasks.segmentation.task.default_config`).
 
   Attributes:
     num_classes: Classes scored at each pixel.
     backbone: A registry name, a Module or a constructor (`backbone.build`) whose features
       include `stage<k>` maps at the variant's strides (32, 16, 8; 4 for "4s").
-    variant: "32s", "16s", "8s" (the paper's) or "4s".
+    variant: "32s", "16s", "8s" (the paper's: skips from the stride-16 and stride-8 stages) or
+      "4s" (one more, from the stride-4 stage: small images).
     backbone_kwargs: Other fields of the backbone (e.g. `widths` of a small VGG).
     head_width: See `FCNHead`.
     head_kernel: See `FCNHead`.

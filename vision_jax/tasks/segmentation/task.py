@@ -83,15 +83,21 @@ def pixel_cross_entropy(logits: jax.Array, labels: jax.Array,
 class SegmentationTask(base.Task):
   """A class per pixel.
 
+  Every field is a `config.segmentation` field, with its default from here (`default_config`).
+
   Attributes:
-    class_names: one name per class (K = its length); pictures label colours with them.
+    class_names: one name per class (K = its length: the model's output width); pictures label
+      colours with them. Default: background and the embedded `synthetic_shapes`' shapes.
     mask_key: the dataset feature holding the masks.
-    label_map: raw mask value → class (see `label_table`).
-    ignore_label: raw mask value whose pixels are ignored.
-    class_weights: per-class loss weights; empty weighs every pixel 1.
-    num_pictures: eval images drawn after each eval (image | truth | prediction); 0: none.
+    label_map: raw mask value v → class label_map[v] (< 0: ignore); values past its end are
+      ignored. (): value v is class v, values >= K are ignored (see `label_table`).
+    ignore_label: raw mask value whose pixels are never counted (loss or metrics).
+    class_weights: per-class loss weights; (): every pixel weighs 1.
+    num_pictures: eval images drawn to `workdir/segmentation/` after each eval (image | truth |
+      prediction); 0: none.
   """
-  class_names: tuple[str, ...]
+  class_names: tuple[str, ...] = (
+      "background", "circle", "square", "triangle", "cross", "diamond", "ring")
   mask_key: str = "mask"
   label_map: tuple[int, ...] = ()
   ignore_label: int = 255
@@ -107,10 +113,7 @@ class SegmentationTask(base.Task):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "SegmentationTask":
-    s = config.segmentation
-    return cls(class_names=tuple(s.class_names), mask_key=s.mask_key,
-               label_map=tuple(s.label_map), ignore_label=s.ignore_label,
-               class_weights=tuple(s.class_weights), num_pictures=s.num_pictures)
+    return cls(**base.config_fields(cls, config.segmentation))
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -150,14 +153,12 @@ class SegmentationTask(base.Task):
                   builder: tfds.core.DatasetBuilder | None) -> nn.Module:
     """An FCN over the backbone `config.model.name` (its fields in `config.model.kwargs`)."""
     del builder  # The classes come from the config: masks carry no class names.
-    s = config.segmentation
     return fcn.FCN(
-        num_classes=self.num_classes, backbone=config.model.name, variant=s.variant,
+        num_classes=self.num_classes, backbone=config.model.name,
         backbone_kwargs=flax.core.FrozenDict(
             {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.kwargs.items()}),
-        head_width=s.head_width, head_kernel=s.head_kernel,
-        learn_final_upsample=s.learn_final_upsample, dropout_rate=s.dropout_rate,
-        **precision.dtypes(config.model.dtype))
+        **precision.dtypes(config.model.dtype),
+        **base.config_fields(fcn.FCN, config.segmentation, exclude=_NOT_MODEL_CONFIG))
 
   def labels(self, batch: dict) -> jax.Array:
     """The batch's masks as classes (B, H, W), `IGNORE` where pixels do not count."""
@@ -255,3 +256,19 @@ def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
 def _tag(name: str) -> str:
   """A class name as a metric name (no slashes or spaces)."""
   return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# `fcn.FCN`'s fields that `config.segmentation` does not hold: the task sets them from elsewhere
+# (the classes, `config.model`'s backbone, its fields and dtypes) and the training loop (pmap's
+# BatchNorm axis).
+_NOT_MODEL_CONFIG = frozenset({"num_classes", "backbone", "backbone_kwargs", "bn_axis_name",
+                               "dtype", "param_dtype"})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.segmentation` with its defaults: the hyperparameters of the model `fcn.FCN` (its
+  fields but `_NOT_MODEL_CONFIG`) and the fields of `SegmentationTask`, documented there
+  (`vision_jax.config.base_config` calls it). A field added to either is a config field."""
+  return ml_collections.ConfigDict({
+      **base.config_fields(fcn.FCN, exclude=_NOT_MODEL_CONFIG),
+      **base.config_fields(SegmentationTask)})
