@@ -560,8 +560,9 @@ def test_every_detection_config_field_reaches_the_task_or_the_model():
   task = detection.DetectionTask.from_config(c)
   model = task.build_model(c, None)
   task_fields = {f.name for f in dataclasses.fields(task)}
-  assert set(c.detection) == (task_fields - {"image_size"}) | set(
-      faster_rcnn.hyperparameters())
+  model_fields = {f.name for f in dataclasses.fields(model)} - {"parent", "name"}
+  assert set(c.detection) == (task_fields - {"image_size"}) | (
+      model_fields - faster_rcnn.NOT_HYPERPARAMETERS)
   for name, value in c.detection.items():
     value = tuple(value) if isinstance(value, list) else value
     assert getattr(task if name in task_fields else model, name) == value, name

@@ -241,5 +241,15 @@ def config_fields(cls: type, section: ml_collections.ConfigDict | None = None,
             if f.name not in exclude and f.name not in ("parent", "name")}
   if section is None:
     return fields
-  return {name: tuple(section[name]) if isinstance(section[name], list) else section[name]
-          for name in fields}
+  return {name: hashable(section[name]) for name in fields}
+
+
+def hashable(value: Any) -> Any:
+  """A config's list (a command line's `--config.detection.anchor_sizes=[8,16]`) as a tuple:
+  tasks and models are hashed (static arguments of compiled steps); other values unchanged."""
+  return tuple(value) if isinstance(value, list) else value
+
+
+def metric_tag(name: str) -> str:
+  """A class name as a metric name (no slashes or spaces), e.g. `iou/<tag>`."""
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -25,7 +25,6 @@ One output map (the neck merges the stages at `feature_strides` into the finest 
 replaces the paper's single VGG conv5 map; there is no FPN.
 """
 
-import dataclasses
 from typing import Any
 
 import flax
@@ -303,11 +302,6 @@ class FasterRCNN(nn.Module):
 
 # Fields set from elsewhere than `config.detection`: the dataset's classes, `config.model` (the
 # backbone, its fields and the dtypes), the training loop (pmap's BatchNorm axis), and Linen's.
-_NOT_HYPERPARAMETERS = frozenset({"num_classes", "backbone", "backbone_kwargs", "bn_axis_name",
-                                  "dtype", "param_dtype", "parent", "name"})
-
-
-def hyperparameters() -> dict[str, Any]:
-  """`FasterRCNN`'s other fields with their defaults: the model's part of `config.detection`."""
-  return {f.name: f.default for f in dataclasses.fields(FasterRCNN)
-          if f.name not in _NOT_HYPERPARAMETERS}
+# Its other fields are `config.detection` fields (`task.default_config`).
+NOT_HYPERPARAMETERS = frozenset({"num_classes", "backbone", "backbone_kwargs", "bn_axis_name",
+                                 "dtype", "param_dtype"})

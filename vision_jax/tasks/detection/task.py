@@ -67,11 +67,11 @@ def letterbox(image: np.ndarray, size: int | None) -> tuple[np.ndarray, tuple[in
 class DetectionTask(base.Task):
   """Boxes and classes of objects; see the module docstring.
 
-  Attributes:
-    image_size: side of the letterboxed images (None: keep the dataset's size).
   Every field but `image_size` (`config.input.image_size`) is a `config.detection` field, with
   its default from here (`default_config`).
 
+  Attributes:
+    image_size: side of the letterboxed images (None: keep the dataset's size).
     max_boxes: ground-truth boxes per image (static padding).
     objects_key: the dataset's `Sequence` feature of objects (`bbox`, `label`).
     class_names: one name per class; () takes the dataset's `<objects_key>/label` names in
@@ -103,9 +103,8 @@ class DetectionTask(base.Task):
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DetectionTask":
-    d = config.detection
     return cls(image_size=config.input.image_size,
-               **{f: _as_tuple(d[f]) for f in _task_defaults()})
+               **base.config_fields(cls, config.detection, exclude=("image_size",)))
 
   @classmethod
   def validate_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -218,9 +217,9 @@ class DetectionTask(base.Task):
     return faster_rcnn.FasterRCNN(
         num_classes=self.num_classes, backbone=config.model.name,
         backbone_kwargs=flax.core.FrozenDict(
-            {k: _as_tuple(v) for k, v in config.model.kwargs.items()}),
+            {k: base.hashable(v) for k, v in config.model.kwargs.items()}),
         **precision.dtypes(config.model.dtype),
-        **{f: _as_tuple(d[f]) for f in faster_rcnn.hyperparameters()})
+        **base.config_fields(faster_rcnn.FasterRCNN, d, exclude=faster_rcnn.NOT_HYPERPARAMETERS))
 
   def init_inputs(self, image_shape: tuple[int, ...]) -> tuple:
     return (jnp.zeros((1, *image_shape), jnp.float32),
@@ -303,7 +302,7 @@ class DetectionTask(base.Task):
                "map": result["map"], "map50": result["map50"], "map75": result["map75"]}
     for name, ap50 in zip(self.class_names, result["ap"][:, 0]):
       if not np.isnan(ap50):
-        metrics[f"ap50/{_tag(name)}"] = float(ap50)
+        metrics[f"ap50/{base.metric_tag(name)}"] = float(ap50)
     return metrics
 
   def draw_pictures(self, context: base.EvalContext) -> str | None:
@@ -344,24 +343,10 @@ def dataset_class_names(builder: tfds.core.DatasetBuilder, objects_key: str) -> 
   return tuple(names)
 
 
-def _tag(name: str) -> str:
-  """A class name as a metric name (no slashes or spaces)."""
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 def default_config() -> ml_collections.ConfigDict:
   """`config.detection` with its defaults: the fields of `DetectionTask` (but `image_size`) and
   the hyperparameters of `FasterRCNN`, documented there (`vision_jax.config.base_config` calls
   it). A field added to either is a config field."""
-  return ml_collections.ConfigDict({**_task_defaults(), **faster_rcnn.hyperparameters()})
-
-
-def _task_defaults() -> dict:
-  """`DetectionTask`'s fields read from `config.detection`, with their defaults."""
-  return base.config_fields(DetectionTask, exclude=("image_size",))
-
-
-def _as_tuple(value):
-  """A config's list (a command line's `--config.detection.anchor_sizes=[8,16]`) as a tuple:
-  the task and the model are hashed (static arguments of compiled steps)."""
-  return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
+  return ml_collections.ConfigDict({
+      **base.config_fields(DetectionTask, exclude=("image_size",)),
+      **base.config_fields(faster_rcnn.FasterRCNN, exclude=faster_rcnn.NOT_HYPERPARAMETERS)})

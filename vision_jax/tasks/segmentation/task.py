@@ -204,7 +204,7 @@ class SegmentationTask(base.Task):
     metrics["num_pixels"] = int(np.asarray(sums["confusion"], np.int64).sum())
     for name, value in zip(self.class_names, iou):
       if not np.isnan(value):  # NaN: the class is neither in the labels nor predicted.
-        metrics[f"iou/{_tag(name)}"] = float(value)
+        metrics[f"iou/{base.metric_tag(name)}"] = float(value)
     return metrics
 
   def summary(self, metrics: dict) -> str:
@@ -252,10 +252,6 @@ def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
     return jnp.argmax(logits, -1)
   return jax.jit(predict, out_shardings=sharding.replicated(mesh))
 
-
-def _tag(name: str) -> str:
-  """A class name as a metric name (no slashes or spaces)."""
-  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # `fcn.FCN`'s fields that `config.segmentation` does not hold: the task sets them from elsewhere
