@@ -1,8 +1,10 @@
 """The experiment schema: every config field, its default, and validation.
 
 Experiment files in `configs/` start from `base_config()` and change what they need, so every
-default lives here, in one place, and library code reads fields directly (never
-`config.get(key, default)`). Experiment files may add model-specific fields under `model.kwargs`;
+default has one place, and library code reads fields directly (never `config.get(key,
+default)`): here, except the task sections `config.detection` and `config.segmentation`, which
+`base_config()` builds from the fields of their task and head model (`default_config()` in
+`vision_jax/tasks/<task>/task.py`), so that a task's hyperparameter is written once. Experiment files may add model-specific fields under `model.kwargs`;
 the command line then locks the config, so a misspelt key there
 (`--config.optim.learning_rat=0.1`) fails instead of being silently added.
 """
