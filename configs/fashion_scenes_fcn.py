@@ -10,8 +10,8 @@ the compact VGG-11-BN of configs/shapes_fcn.py (widths 8..64: stages at strides 
 """
 
 from vision_jax.config import base_config
-from vision_jax.errors import UserError
 from vision_jax.data.builders import fashion_scenes
+from vision_jax.errors import UserError
 from vision_jax.tasks.segmentation import fcn
 
 

@@ -35,10 +35,9 @@ import jax
 import numpy as np
 import optax
 
-from vision_jax import errors, models, tasks
+from vision_jax import errors, models, sharding, tasks
 from vision_jax.models import precision
 from vision_jax.train import steps
-from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 WEIGHT_DECAY = 5e-5  # As ../shared/bench/torch_resnet50.py.

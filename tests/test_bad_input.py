@@ -15,12 +15,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
-from vision_jax import errors, models, tasks
+from vision_jax import errors, inference, models, tasks
 from vision_jax.data import datasets
 from vision_jax.data.builders import fashion_mnist_local
 from vision_jax.models import input_size
 from vision_jax.tools import torch_import
-from vision_jax import inference
 
 import shipped
 

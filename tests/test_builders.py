@@ -12,9 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax.data import builders
-from vision_jax.data.builders import fashion_mnist_local
-from vision_jax.data.builders import shapes_render
-from vision_jax.data.builders import synthetic_shapes
+from vision_jax.data.builders import fashion_mnist_local, shapes_render, synthetic_shapes
 
 _SCENE_SEEDS = range(200)
 

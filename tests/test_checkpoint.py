@@ -8,9 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from vision_jax import models
+from vision_jax import models, sharding
 from vision_jax.train import checkpoint, weights
-from vision_jax import sharding
 from vision_jax.train.state import train_state_initializer
 
 

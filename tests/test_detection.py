@@ -17,12 +17,12 @@ from pycocotools.cocoeval import COCOeval
 
 from vision_jax import config as config_lib
 from vision_jax.data import pipeline, transforms
-from vision_jax.tasks.detection import metrics as det_metrics
-from vision_jax.tasks.detection import targets as detection_targets
-from vision_jax.tasks.detection import faster_rcnn
 from vision_jax.ops import anchors as anchor_ops
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops.roi_align import roi_align
+from vision_jax.tasks.detection import faster_rcnn
+from vision_jax.tasks.detection import metrics as det_metrics
+from vision_jax.tasks.detection import targets as detection_targets
 from vision_jax.tasks.detection import task as detection
 from vision_jax.train import loop
 

@@ -16,10 +16,9 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
-from vision_jax import models, tasks
+from vision_jax import models, sharding, tasks
 from vision_jax.models import precision
 from vision_jax.train import loop, steps
-from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 from test_train import tiny_config

@@ -13,15 +13,14 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
-from vision_jax import figures
+from vision_jax import figures, sharding
 from vision_jax.data import pipeline, transforms
 from vision_jax.data.builders import fashion_mnist_local, fashion_scenes
 from vision_jax.models import backbone as backbone_lib
-from vision_jax.tasks.segmentation import metrics as seg_metrics
 from vision_jax.tasks.segmentation import fcn
+from vision_jax.tasks.segmentation import metrics as seg_metrics
 from vision_jax.tasks.segmentation import task as segmentation
 from vision_jax.train import loop
-from vision_jax import sharding
 
 import shipped
 from user_backbone import UserBackbone

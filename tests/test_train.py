@@ -13,9 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vision_jax import config as config_lib
-from vision_jax import models, tasks
+from vision_jax import models, sharding, tasks
 from vision_jax.train import checkpoint, loop, steps
-from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 import shipped

@@ -13,12 +13,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from vision_jax import config as config_lib
-from vision_jax import errors, tasks
+from vision_jax import errors, sharding, tasks
 from vision_jax.ops import mixing
 from vision_jax.tasks import base
 from vision_jax.tasks.classification import task as classification
 from vision_jax.train import loop, steps
-from vision_jax import sharding
 from vision_jax.train.state import create_train_state
 
 from test_parallel import _TinyBNNet, _assert_close, _batch, _simple_cnn

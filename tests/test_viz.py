@@ -11,18 +11,13 @@ import pytest
 from PIL import Image
 
 from vision_jax import config as config_lib
+from vision_jax import inference, sharding
+from vision_jax.course import convolution, filters, max_pool, x_vs_o
 from vision_jax.models import pooling
-from vision_jax.train import loop
-from vision_jax import inference
-from vision_jax.train import weights
-from vision_jax import sharding
+from vision_jax.train import loop, weights
 from vision_jax.train.state import create_train_state
 from vision_jax.viz import __main__ as cli
 from vision_jax.viz import attribution
-from vision_jax.course import convolution
-from vision_jax.course import filters
-from vision_jax.course import max_pool
-from vision_jax.course import x_vs_o
 
 
 def _size(path) -> tuple[int, int]:

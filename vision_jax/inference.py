@@ -19,8 +19,8 @@ from PIL import Image
 
 from vision_jax import config as config_lib
 from vision_jax import errors, tasks
-from vision_jax.models import precision
 from vision_jax.data import datasets, transforms
+from vision_jax.models import precision
 from vision_jax.train import weights
 
 

@@ -37,9 +37,9 @@ import optax
 from vision_jax import models
 from vision_jax.models import backbone as backbone_lib
 from vision_jax.models import precision
-from vision_jax.tasks.detection import targets as detection_targets
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops import roi_align
+from vision_jax.tasks.detection import targets as detection_targets
 
 BACKGROUND = 0  # Class 0 of the logits; object class c is logit c + 1.
 IGNORE = -1  # Label of padding proposals: no loss.

@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from projects.rcnn import model as rcnn
+from projects.rcnn import selective_search
 from vision_jax import config as config_lib
 from vision_jax.data.builders import synthetic_shapes
 from vision_jax.tasks.detection import metrics as det_metrics
-from projects.rcnn import model as rcnn
-from projects.rcnn import selective_search
 from vision_jax.train import optim
 from vision_jax.train.state import TrainState
 

@@ -6,8 +6,7 @@ Before CNNs learned their filters, people designed them; these are the course no
 
 import numpy as np
 
-from vision_jax import errors
-from vision_jax import figures
+from vision_jax import errors, figures
 
 CLASSIC_FILTERS = {
     "sharpen": np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32),

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from vision_jax import errors, registry
 from vision_jax.models import alexnet, googlenet, resnet, vgg, wide_resnet
-from vision_jax.models.info import MODEL_INFO, ModelInfo, model_info
+from vision_jax.models.info import MODEL_INFO, model_info, ModelInfo
 from vision_jax.models.mlp import MLP
 from vision_jax.models.simple_cnn import SimpleCNN
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_jax.models import layers, precision
-from vision_jax.models.layers import ConvNormAct, ModuleDef, drop_path, drop_path_rates
+from vision_jax.models.layers import ConvNormAct, drop_path, drop_path_rates, ModuleDef
 
 
 class BasicBlock(nn.Module):

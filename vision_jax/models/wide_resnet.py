@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vision_jax.models import layers, precision
-from vision_jax.models.layers import ModuleDef, drop_path, drop_path_rates
+from vision_jax.models.layers import drop_path, drop_path_rates, ModuleDef
 
 
 class PreActBlock(nn.Module):

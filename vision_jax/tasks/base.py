@@ -6,6 +6,7 @@ training loss, and the evaluation metrics. Evaluation sums are added over batche
 processes and turned into metrics once, so they are exact whatever the topology.
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
 import os
@@ -18,8 +19,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import datasets, transforms
 from vision_jax import sharding
+from vision_jax.data import datasets, pipeline, transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +210,46 @@ class EvalContext:
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_apply(model: nn.Module, mesh: jax.sharding.Mesh | None = None):
-  """`model.apply(variables, *inputs, train=False)`, jitted once per model (modules hash by
-  their fields); with a `mesh`, its outputs are replicated on every device of it, so that every
-  process can read them (evaluation pictures and decoding in multi-process runs)."""
+@functools.lru_cache(maxsize=16)
+def jitted_apply(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
+                 postprocess: Callable[[Any], Any] | None = None):
+  """`model.apply(variables, *inputs, train=False)`, jitted once per (model, mesh, postprocess)
+  and cached, so evaluations after the first reuse it (modules hash by their fields).
+
+  Args:
+    model: the task's model.
+    mesh: outputs replicated on every device of it, so that every process can read them
+      (evaluation pictures and predictions in multi-process runs); None: jit's default placement.
+    postprocess: a module-level function of the model's outputs run inside the jit, e.g. an
+      argmax, so that only what is needed leaves the devices.
+  """
+  def apply(variables, *inputs):
+    outputs = model.apply(variables, *inputs, train=False)
+    return outputs if postprocess is None else postprocess(outputs)
   replicated = {} if mesh is None else {"out_shardings": sharding.replicated(mesh)}
-  return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
-                 **replicated)
+  return jax.jit(apply, **replicated)
+
+
+def replicated_eval_batches(task: "Task", source, config: ml_collections.ConfigDict,
+                            mesh: jax.sharding.Mesh, count: int):
+  """The shared predict/decode loop: eval batches of the first `count` images of `source`, each
+  with its images replicated on every device of `mesh` (every process reads the whole split,
+  so every process gets every prediction), stopping before a batch that is not needed.
+
+  Yields:
+    `(batch, images, real)`: the host batch, its images as a global replicated array, and how
+    many of its examples are still wanted (the rest are padding or beyond `count`).
+  """
+  done = 0
+  replicated = sharding.replicated(mesh)
+  for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
+                                     keys=task.keys, kinds=task.feature_kinds,
+                                     example_fn=task.example_transform, shard=False):
+    real = min(int(batch["weight"].sum()), count - done)
+    yield batch, sharding.to_global({"image": batch["image"]}, replicated)["image"], real
+    done += real
+    if done >= count:
+      return
 
 
 def merge_flipped_logits(logits: jax.Array, mirrored: jax.Array) -> jax.Array:

@@ -26,10 +26,9 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from vision_jax import config as config_lib
-from vision_jax import errors, tasks
+from vision_jax import errors, sharding, tasks
 from vision_jax.data import datasets, pipeline
 from vision_jax.train import checkpoint, curves, metric_writer, optim, startup, steps, weights
-from vision_jax import sharding
 from vision_jax.train import workdir as workdir_lib
 from vision_jax.train.state import train_state_initializer
 

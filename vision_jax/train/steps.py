@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vision_jax import tasks
-from vision_jax import sharding
+from vision_jax import sharding, tasks
 from vision_jax.train.state import TrainState
 
 # Folded into a step's key for `Task.augment_batch`, apart from dropout's key.

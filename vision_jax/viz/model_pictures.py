@@ -9,8 +9,7 @@ import math
 from flax import traverse_util
 import numpy as np
 
-from vision_jax import errors
-from vision_jax import figures
+from vision_jax import errors, figures
 
 
 def first_conv_kernel(params: dict) -> tuple[str, np.ndarray]:

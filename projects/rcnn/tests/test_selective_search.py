@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from vision_jax.tasks.detection.metrics import box_iou
 from projects.rcnn import selective_search as ss
+from vision_jax.tasks.detection.metrics import box_iou
 
 
 def _scene(seed=0, size=64):

@@ -27,8 +27,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data.builders import png
-from vision_jax.data.builders import shapes_render
+from vision_jax.data.builders import png, shapes_render
 
 NUM_EXAMPLES = {"train": 20_000, "test": 2_000}
 # One fixed seed per split; never change them, or "synthetic_shapes" changes meaning.

@@ -20,15 +20,14 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vision_jax.data import datasets, pipeline, transforms
-from vision_jax.tasks.captioning import metrics as metrics_lib
-from vision_jax.models import precision
-from vision_jax.tasks.captioning import captioner
-from vision_jax.tasks.captioning import decoding
-from vision_jax.tasks import base
-from vision_jax.tasks.captioning.vocabulary import Vocabulary
 from vision_jax import sharding
+from vision_jax.data import datasets, transforms
+from vision_jax.models import precision
+from vision_jax.tasks import base
+from vision_jax.tasks.captioning import captioner, decoding
+from vision_jax.tasks.captioning import metrics as metrics_lib
 from vision_jax.tasks.captioning import pictures as caption_pictures
+from vision_jax.tasks.captioning.vocabulary import Vocabulary
 
 VOCAB_FILE = "vocab.json"
 
@@ -217,13 +216,8 @@ class CaptioningTask(base.Task):
     count = len(source) if self.eval_examples is None else min(self.eval_examples, len(source))
     count = count if limit is None else min(limit, count)
     greedy_fn, beam_fn = self._decoders(model, mesh)
-    replicated = sharding.replicated(mesh)
     greedy, beamed, attention = [], [], []
-    for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
-                                       keys=self.keys, kinds=self.feature_kinds,
-                                       example_fn=self.example_transform, shard=False):
-      real = int(batch["weight"].sum())
-      images = sharding.to_global({"image": batch["image"]}, replicated)["image"]
+    for _, images, real in base.replicated_eval_batches(self, source, config, mesh, count):
       tokens, _, att = greedy_fn(variables, images=images)
       greedy += [self.vocab.decode(t) for t in np.asarray(tokens)[:real]]
       if att is not None:
@@ -231,8 +225,6 @@ class CaptioningTask(base.Task):
       if beam and self.beam_size > 1:
         tokens, _ = beam_fn(variables, images=images)
         beamed += [self.vocab.decode(t) for t in np.asarray(tokens)[:real]]
-      if len(greedy) >= count:  # Before reading another batch.
-        break
     references = [_references(_lookup(source[i], self.caption_key)) for i in range(count)]
     return {"greedy": greedy[:count], "beam": beamed[:count], "references": references,
             "attention": np.concatenate(attention)[:count] if attention else None}

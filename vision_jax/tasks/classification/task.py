@@ -12,10 +12,10 @@ import optax
 import tensorflow_datasets as tfds
 
 from vision_jax import models
-from vision_jax.tasks.classification import metrics as classification
 from vision_jax.models import precision
 from vision_jax.ops import mixing
 from vision_jax.tasks import base
+from vision_jax.tasks.classification import metrics as classification
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float) -> jax.Array:

@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax.models import backbone as backbone_lib
-from vision_jax.tasks.detection import targets
 from vision_jax.models import precision
 from vision_jax.ops import anchors as anchor_ops
 from vision_jax.ops import boxes as box_ops
 from vision_jax.ops.roi_align import roi_align
+from vision_jax.tasks.detection import targets
 
 
 def propose(logits: jax.Array, deltas: jax.Array, anchors: jax.Array, height: int, width: int,

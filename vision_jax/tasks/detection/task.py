@@ -36,12 +36,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from vision_jax import errors
-from vision_jax.data import datasets, pipeline, transforms
-from vision_jax.tasks.detection import metrics as det_metrics
+from vision_jax.data import datasets, transforms
 from vision_jax.models import precision
-from vision_jax.tasks.detection import faster_rcnn
 from vision_jax.tasks import base
-from vision_jax import sharding
+from vision_jax.tasks.detection import faster_rcnn
+from vision_jax.tasks.detection import metrics as det_metrics
 
 LOSSES = ("rpn_objectness", "rpn_box", "rcnn_class", "rcnn_box")
 
@@ -264,22 +263,15 @@ class DetectionTask(base.Task):
       {"boxes", "labels", "scores"} and {"boxes", "labels"} (`labels`: class ids).
     """
     predict_fn = base.jitted_apply(model, mesh)
-    replicated = sharding.replicated(mesh)
     detections, truths = [], []
     count = len(source) if limit is None else min(limit, len(source))
-    for batch in pipeline.eval_batches(source, pipeline.InputOptions.from_config(config.input),
-                                       keys=self.keys, kinds=self.feature_kinds,
-                                       example_fn=self.example_transform, shard=False):
-      real = min(int(batch["weight"].sum()), count - len(detections))
-      images = sharding.to_global({"image": batch["image"]}, replicated)["image"]
+    for batch, images, real in base.replicated_eval_batches(self, source, config, mesh, count):
       out = jax.device_get(predict_fn(variables, images)[0])
       for i in range(real):
         valid, truth = out["valid"][i], batch["labels"][i] >= 0
         detections.append({"boxes": out["boxes"][i][valid], "labels": out["labels"][i][valid],
                            "scores": out["scores"][i][valid]})
         truths.append({"boxes": batch["boxes"][i][truth], "labels": batch["labels"][i][truth]})
-      if len(detections) >= count:  # Before reading another batch.
-        break
     return detections, truths
 
   def predictions(self, model: nn.Module, variables: dict, images: jax.Array) -> dict:

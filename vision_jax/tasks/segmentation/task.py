@@ -8,7 +8,6 @@ the loss and the metrics.
 """
 
 import dataclasses
-import functools
 import os
 from typing import ClassVar
 
@@ -21,13 +20,12 @@ import numpy as np
 import optax
 import tensorflow_datasets as tfds
 
-from vision_jax import errors
+from vision_jax import errors, sharding
 from vision_jax.data import datasets, pipeline, transforms
-from vision_jax.tasks.segmentation import metrics as seg_metrics
 from vision_jax.models import precision
-from vision_jax.tasks.segmentation import fcn
 from vision_jax.tasks import base
-from vision_jax import sharding
+from vision_jax.tasks.segmentation import fcn
+from vision_jax.tasks.segmentation import metrics as seg_metrics
 
 IGNORE = -1  # The class of ignored pixels after `label_table`.
 
@@ -230,7 +228,7 @@ class SegmentationTask(base.Task):
                                         self.num_pictures, keys=self.keys,
                                         kinds=self.feature_kinds)
     images = sharding.to_global({"image": batch["image"]}, sharding.replicated(c.mesh))["image"]
-    predicted = np.asarray(_predict_fn(c.model, c.mesh)(c.variables, images))  # (N, H, W)
+    predicted = np.asarray(base.jitted_apply(c.model, c.mesh, _classes)(c.variables, images))
     if jax.process_index() != 0:
       return None
     from vision_jax.tasks.segmentation import pictures as seg_viz  # matplotlib: only when drawing.
@@ -243,14 +241,10 @@ class SegmentationTask(base.Task):
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def _predict_fn(model: nn.Module, mesh: jax.sharding.Mesh):
-  """Per-pixel classes of `model` in eval mode, replicated on every device of `mesh` (so
-  every process can read them), jitted once per model (pictures are drawn after every eval)."""
-  def predict(variables, images):
-    logits, _ = model.apply(variables, images, train=False)
-    return jnp.argmax(logits, -1)
-  return jax.jit(predict, out_shardings=sharding.replicated(mesh))
+def _classes(outputs) -> jax.Array:
+  """Per-pixel classes (B, H, W) of the model's `(logits, features)`: inside the jit, so only
+  class maps leave the devices."""
+  return jnp.argmax(outputs[0], -1)
 
 
 
