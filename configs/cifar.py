@@ -8,12 +8,12 @@ resnet20/32/56. Zagoruyko & Komodakis' recipe: batch 128, SGD + Nesterov 0.1, de
 cosine instead of their step schedule.
 """
 
-from vision_jax import recipes
 from vision_jax.config import base_config
 from vision_jax.errors import UserError
+from vision_jax.models import info
 
-_STATS = {"cifar10": (recipes.CIFAR10_MEAN, recipes.CIFAR10_STD),
-          "cifar100": (recipes.CIFAR100_MEAN, recipes.CIFAR100_STD)}
+_STATS = {"cifar10": (info.CIFAR10_MEAN, info.CIFAR10_STD),
+          "cifar100": (info.CIFAR100_MEAN, info.CIFAR100_STD)}
 
 
 def get_config(arg: str = "cifar10,wrn28_10"):

@@ -6,8 +6,8 @@ Training captions come from the first reference of each image, eval scores again
 Words seen fewer than 5 times become <unk>. Unmeasured here (no GPU was lent).
 """
 
-from vision_jax import recipes
 from vision_jax.config import base_config
+from vision_jax.models import info
 
 
 def get_config():
@@ -19,7 +19,7 @@ def get_config():
   c.input.image_size = 224
   c.input.crop_padding = 0
   c.input.random_flip = False  # "left of" would become wrong.
-  c.input.mean, c.input.std = recipes.IMAGENET_MEAN, recipes.IMAGENET_STD
+  c.input.mean, c.input.std = info.IMAGENET_MEAN, info.IMAGENET_STD
   c.input.batch_size = 128
   c.input.eval_batch_size = 256
   c.input.num_workers = 8

@@ -10,8 +10,8 @@ evaluation ignores detections on them instead). Start the backbone from ImageNet
 the tests run it on `tfds.testing.mock_data`.
 """
 
-from vision_jax import recipes
 from vision_jax.config import base_config
+from vision_jax.models import info
 
 # COCO's 80 object categories in id order, the order of TFDS coco/2017's `objects/label`.
 CLASS_NAMES = (
@@ -35,7 +35,7 @@ def get_config():
   c.dataset.eval_split = "validation"
   c.input.image_size = 512
   c.input.crop_padding = 0  # Flips only.
-  c.input.mean, c.input.std = recipes.IMAGENET_MEAN, recipes.IMAGENET_STD
+  c.input.mean, c.input.std = info.IMAGENET_MEAN, info.IMAGENET_STD
   c.input.batch_size = 16
   c.input.eval_batch_size = 16
   c.input.num_workers = 8

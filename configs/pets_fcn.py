@@ -12,9 +12,9 @@ width 4096). ImageNet weights help a lot: convert torchvision's (`vision_jax.too
 and pass `--config.model.init_from=DIR`; backbone parameters load under the FCN's `backbone/`.
 """
 
-from vision_jax import recipes
 from vision_jax.config import base_config
 from vision_jax.errors import UserError
+from vision_jax.models import info
 
 _BACKBONES = ("resnet50", "vgg16")
 
@@ -30,7 +30,7 @@ def get_config(backbone: str = "resnet50"):
   c.input.image_size = 256
   c.input.train_crop = "random_scale"
   c.input.scale_range = (0.5, 2.0)
-  c.input.mean, c.input.std = recipes.IMAGENET_MEAN, recipes.IMAGENET_STD
+  c.input.mean, c.input.std = info.IMAGENET_MEAN, info.IMAGENET_STD
   c.input.batch_size = 32
   c.input.eval_batch_size = 64
   c.input.num_workers = 8  # JPEG decoding and resizing need processes.

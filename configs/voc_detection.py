@@ -10,8 +10,8 @@ ImageNet weights with `--config.model.init_from=DIR`. Unmeasured here (no GPU); 
 it on `tfds.testing.mock_data`.
 """
 
-from vision_jax import recipes
 from vision_jax.config import base_config
+from vision_jax.models import info
 
 # TFDS voc/2007's `objects/label` names, in their order.
 CLASS_NAMES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -27,7 +27,7 @@ def get_config():
   c.dataset.eval_split = "test"
   c.input.image_size = 512
   c.input.crop_padding = 0  # Flips only.
-  c.input.mean, c.input.std = recipes.IMAGENET_MEAN, recipes.IMAGENET_STD
+  c.input.mean, c.input.std = info.IMAGENET_MEAN, info.IMAGENET_STD
   c.input.batch_size = 8
   c.input.eval_batch_size = 8
   c.input.num_workers = 4

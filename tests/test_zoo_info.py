@@ -70,7 +70,6 @@ def test_write_replaces_only_the_table():
 def test_googlenet_undoes_the_imagenet_normalisation_of_its_record():
   info = models.model_info("googlenet")
   assert (googlenet.IMAGENET_MEAN, googlenet.IMAGENET_STD) == (info.mean, info.std)
-  assert (recipes.IMAGENET_MEAN, recipes.IMAGENET_STD) == (info.mean, info.std)
 
 
 @pytest.mark.parametrize("model, family", [
@@ -82,7 +81,7 @@ def test_imagenet_recipe_follows_the_family(model, family):
   recipes.large_scale_classification(c, model, num_train_examples=1000)
   batch_size, lr_per_256, _, _ = recipes._FAMILY_RECIPES[family]  # pylint: disable=protected-access
   assert (c.input.batch_size, c.optim.learning_rate) == (batch_size, lr_per_256 * batch_size / 256)
-  assert (c.input.mean, c.input.std) == (recipes.IMAGENET_MEAN, recipes.IMAGENET_STD)
+  assert (c.input.mean, c.input.std) == (models.info.IMAGENET_MEAN, models.info.IMAGENET_STD)
 
 
 @pytest.mark.parametrize("model, match", [

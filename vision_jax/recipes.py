@@ -13,13 +13,6 @@ from vision_jax import models
 from vision_jax.errors import UserError
 from vision_jax.models import info
 
-# Per-channel statistics on [0, 1] pixels (written in `vision_jax.models.info`, which the models'
-# records use; the configs read them here).
-IMAGENET_MEAN, IMAGENET_STD = info.IMAGENET_MEAN, info.IMAGENET_STD
-CIFAR10_MEAN, CIFAR10_STD = info.CIFAR10_MEAN, info.CIFAR10_STD
-CIFAR100_MEAN, CIFAR100_STD = info.CIFAR100_MEAN, info.CIFAR100_STD
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = info.FASHION_MNIST_MEAN, info.FASHION_MNIST_STD
-
 # ImageNet recipes by model family (`ModelInfo.family`): global batch size, SGD learning rate per
 # 256 images, weight decay, epochs. AlexNet and VGG as their papers trained them (0.01, decay
 # 5e-4), GoogLeNet and ResNet with the large-batch recipe of Goyal et al. (0.1 per 256 images,
@@ -58,7 +51,7 @@ def fashion_mnist(c: ml_collections.ConfigDict, batch_size: int) -> None:
   c.dataset.in_memory = True
   c.input.batch_size = batch_size
   c.input.eval_batch_size = 1000
-  c.input.mean, c.input.std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+  c.input.mean, c.input.std = info.FASHION_MNIST_MEAN, info.FASHION_MNIST_STD
 
 
 def inception_crop_input(c: ml_collections.ConfigDict, image_size: int = 224) -> None:
@@ -67,7 +60,7 @@ def inception_crop_input(c: ml_collections.ConfigDict, image_size: int = 224) ->
   c.input.train_crop = "random_resized"
   c.input.center_crop_fraction = 0.875  # 256 → 224.
   c.input.random_flip = True
-  c.input.mean, c.input.std = IMAGENET_MEAN, IMAGENET_STD
+  c.input.mean, c.input.std = info.IMAGENET_MEAN, info.IMAGENET_STD
   c.input.num_workers = 8  # JPEG decoding and resizing need processes, not threads.
   c.input.prefetch = 4
 

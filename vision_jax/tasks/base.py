@@ -209,7 +209,6 @@ class EvalContext:
   step: int
 
 
-@functools.lru_cache(maxsize=8)
 @functools.lru_cache(maxsize=16)
 def jitted_apply(model: nn.Module, mesh: jax.sharding.Mesh | None = None,
                  postprocess: Callable[[Any], Any] | None = None):
