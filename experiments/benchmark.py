@@ -196,8 +196,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                       help="PyTorch eager only (torch.compile takes minutes on a small CPU).")
   parser.add_argument("--tiny", action="store_true",
                       help=f"Smoke test: defaults {_TINY} instead of {_FULL}.")
+  parser.add_argument("--cpu_devices", type=int, default=0,
+                      help="Split the CPU into this many devices, data-parallel (0: one).")
   parser.add_argument("--json_out", default=None, help="Also write the result here.")
   args = parser.parse_args(argv)
+  if args.cpu_devices < 0:
+    raise errors.UserError(f"--cpu_devices={args.cpu_devices} must be >= 0 (0: one device).")
+  sharding.use_cpu_devices(args.cpu_devices)  # Before anything starts JAX.
   for key, value in (_TINY if args.tiny else _FULL).items():
     if getattr(args, key) is None:
       setattr(args, key, value)

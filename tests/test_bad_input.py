@@ -210,6 +210,8 @@ def _cli(*args):
 @pytest.mark.parametrize("args, expected", [
     (("vision_jax.main", "--config=configs/shapes_cnn.py", "--config.train.num_steps=0"),
      "config.train.num_steps=0 is out of range"),
+    (("vision_jax.main", "--config=configs/shapes_cnn.py", "--config.parallel.cpu_devices=-1"),
+     "config.parallel.cpu_devices=-1 is out of range"),
     (("vision_jax.main", "--config=configs/shapes_cnn.py", "--config.train.steps=3"),
      "config.train has no field 'steps'; did you mean 'num_steps'"),
     (("vision_jax.main", "--config=configs/shapes_cnn.py:foo"),

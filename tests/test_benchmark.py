@@ -57,6 +57,18 @@ def test_tiny_run_prints_every_column_and_writes_the_same_numbers(tmp_path):
   assert all(f"- {note}" in out for note in notes)
 
 
+def test_cpu_devices_splits_the_cpu_for_the_jax_row(tmp_path):
+  json_out = tmp_path / "bench.json"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  command = [sys.executable, os.path.join(shipped.REPO, "experiments", "benchmark.py"), "--tiny",
+             "--model=simple_cnn", "--batch_size=8", "--image_size=16", "--steps=2",
+             "--skip_torch", "--cpu_devices=2", f"--json_out={json_out}"]
+  out = subprocess.run(command, env=env, check=True, capture_output=True, text=True,
+                       timeout=300).stdout
+  assert "; 2 x cpu (cpu)" in out
+  assert json.loads(json_out.read_text())["machine"]["devices"] == 2
+
+
 def test_unknown_model_is_one_line_naming_the_valid_choices():
   command = [sys.executable, os.path.join(shipped.REPO, "experiments", "benchmark.py"),
              "--model=resnet21", "--tiny"]

@@ -3,6 +3,8 @@ shrunk), and the CPU recipe reaches its accuracy on the real data (slow)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,15 +37,21 @@ def test_recipe_trains_a_few_steps_with_all_its_techniques(name, shrink, tmp_pat
 
 
 @pytest.mark.slow
-def test_cpu_recipe_reaches_93_percent_on_real_fashion_mnist(tmp_path):
-  """configs/fashion_mnist_cpu.py as shipped, on Debian's dataset-fashion-mnist (about 11
-  minutes on a 2-core CPU; the wall time is measured by experiments/fashion_mnist.sh, not here).
-  Measured: 93.25%; the issue's goal of 94% is not reached yet, so this checks what is."""
+def test_cpu_recipe_reaches_94_percent_on_real_fashion_mnist(tmp_path):
+  """configs/fashion_mnist_cpu.py as shipped, run as users run it (`python -m vision_jax.main`
+  in a fresh process, so its 2 CPU devices apply), on Debian's dataset-fashion-mnist: about 14
+  minutes on a 2-core CPU (the wall time is measured by experiments/fashion_mnist.sh, not here).
+  Measured: see docs/classification.md; the issue's goal is 94%."""
   c = shipped.load_config("fashion_mnist_cpu")
   if not os.path.isdir(c.dataset.manual_dir):
     pytest.fail(f"{c.dataset.manual_dir} is missing: apt-get install dataset-fashion-mnist")
-  c.dataset.data_dir = str(tmp_path / "tfds")
-  c.train.progress_bar = False
-  result = loop.train_and_evaluate(c, str(tmp_path / "run"))
+  workdir = tmp_path / "run"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # Not the tests' 8 devices.
+  subprocess.run([sys.executable, "-m", "vision_jax.main", "--config=configs/fashion_mnist_cpu.py",
+                  f"--workdir={workdir}", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
+                  "--config.train.progress_bar=False"],
+                 cwd=shipped.REPO, env=env, check=True, timeout=3600)
+  records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  result = [r for r in records if r["split"] == "eval"][-1]
   assert result["num_examples"] == 10_000
-  assert result["accuracy"] >= 0.93, json.dumps(result)
+  assert result["accuracy"] >= 0.94, json.dumps(result)

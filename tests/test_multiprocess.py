@@ -206,3 +206,21 @@ def test_a_dead_process_stops_the_others_with_an_error(tmp_path, tiny_shapes_dir
   # aborts the process; either way it stops with an error instead of hanging.
   assert any(m in output for m in ("another task died", "stopped sending heartbeats",
                                    "Fatal Python error", "Aborted")), output[-3000:]
+
+
+def test_cpu_devices_split_one_process_and_train_as_one_device(tmp_path, tiny_shapes_dir,
+                                                              float64):
+  """`parallel.cpu_devices=4` makes one process use 4 CPU devices (over XLA_FLAGS' count of 1),
+  data-parallel, with the same numbers as one device; the run then resumes on 1 device."""
+  def run(workdir, num_steps, *extra):
+    return _run(workdir, tiny_shapes_dir, 1, 1, num_steps, "--config.model.dtype=float64",
+                "--config.model.kwargs.dropout_rate=0.2", "--config.train.checkpoint_every=2",
+                *extra, float64=True)
+
+  reference = str(tmp_path / "one_device")
+  assert "Devices: 1 x cpu" in run(reference, 4)[0]
+  split = str(tmp_path / "four_cpu_devices")
+  assert "Devices: 4 x cpu" in run(split, 2, "--config.parallel.cpu_devices=4")[0]
+  output = run(split, 4)[0]  # Resumed from step 2 with the default: one device.
+  assert "Devices: 1 x cpu" in output and "Resumed" in output, output[-2000:]
+  _assert_same_training(split, reference, 4)

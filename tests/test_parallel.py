@@ -161,3 +161,19 @@ def test_pmap_run_resumes_under_jit_with_the_same_numbers(tmp_path, float64):
   expected = [json.loads(line) for line in open(tmp_path / "jit" / "metrics.jsonl")]
   train_losses = lambda rs: [r["loss"] for r in rs if r["split"] == "train"]
   np.testing.assert_allclose(train_losses(records), train_losses(expected), rtol=RTOL)
+
+
+def test_cpu_devices_cannot_change_a_started_backend_and_say_so(tmp_path, capsys):
+  """In a process whose JAX already runs (here on 8 CPU devices), `parallel.cpu_devices` can't
+  take effect: the run warns, naming both counts, and trains on the devices there are."""
+  assert jax.device_count() == 8  # Starts the backend (if no test before has).
+  assert sharding.use_cpu_devices(3) == 8 and jax.device_count() == 8
+  with pytest.raises(ValueError, match="cpu_devices=-1 must be >= 0"):
+    sharding.use_cpu_devices(-1)
+  c = tiny_config("mnist", num_steps=1)
+  c.parallel.cpu_devices = 2
+  with tfds.testing.mock_data(num_examples=16):
+    assert loop.train_and_evaluate(c, str(tmp_path))["step"] == 1
+  out, err = capsys.readouterr()
+  assert "cpu_devices=2 not applied: JAX had already started with 8 CPU devices" in err
+  assert "Devices: 8 x cpu" in out

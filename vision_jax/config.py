@@ -57,6 +57,7 @@ _RANGES = (
      "is 27)"),
     ("input.random_erasing", lambda v: 0 <= v <= 1, "a probability in [0, 1], e.g. 0.25 "
      "(0: off)"),
+    ("parallel.cpu_devices", lambda v: v >= 0, ">= 0 (0: JAX's default, one CPU device)"),
 )
 
 
@@ -190,6 +191,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel = ml_collections.ConfigDict()
   c.parallel.strategy = "jit"  # "jit": one Mesh, XLA partitions; "pmap": replicated + pmean.
   c.parallel.fsdp = 1  # jit only: devices per parameter-sharding group (FSDP); 1 = replicate.
+  # CPU only: split the host's CPU into this many devices (data parallel over the cores; set
+  # by `python -m vision_jax.main` before JAX starts); 0 = JAX's default, one.
+  c.parallel.cpu_devices = 0
   return c
 
 

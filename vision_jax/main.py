@@ -8,7 +8,7 @@ processes (hosts): start the same command on each; see `vision_jax.distributed`.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vision_jax import distributed, errors
+from vision_jax import distributed, errors, sharding
 from vision_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -36,6 +36,9 @@ def main(argv):
                            "--workdir=runs/my_run.")
   if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every step at INFO.
     logging.set_verbosity(logging.WARNING)
+  # Before anything starts JAX's backends (distributed.initialize must precede them too).
+  if _CONFIG.value.parallel.cpu_devices >= 0:  # A negative value: validate names it below.
+    sharding.use_cpu_devices(_CONFIG.value.parallel.cpu_devices)
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          local_device_ids=_LOCAL_DEVICE_IDS.value,
                          heartbeat_timeout_seconds=_HEARTBEAT.value)
