@@ -167,7 +167,8 @@ def test_cpu_devices_cannot_change_a_started_backend_and_say_so(tmp_path, capsys
   """In a process whose JAX already runs (here on 8 CPU devices), `parallel.cpu_devices` can't
   take effect: the run warns, naming both counts, and trains on the devices there are."""
   assert jax.device_count() == 8  # Starts the backend (if no test before has).
-  assert sharding.use_cpu_devices(3) == 8 and jax.device_count() == 8
+  sharding.use_cpu_devices(3)
+  assert jax.device_count() == 8
   with pytest.raises(ValueError, match="cpu_devices=-1 must be >= 0"):
     sharding.use_cpu_devices(-1)
   c = tiny_config("mnist", num_steps=1)

@@ -24,21 +24,18 @@ PMAP_AXIS = "batch"  # pmap's axis name, for `lax.pmean` and BatchNorm's `axis_n
 FSDP_MIN_SIZE = 2**14
 
 
-def use_cpu_devices(count: int) -> int:
+def use_cpu_devices(count: int) -> None:
   """Splits this host's CPU into `count` JAX devices, before JAX starts its backends.
 
   On a CPU, data parallelism over several CPU devices, each working on its share of the batch
   in parallel, keeps the cores busier than one device that parallelises each operation: a small
-  CNN trains ~1.6x faster on 2 cores with 2 devices (docs/classification.md). 0 leaves JAX's
-  default (one CPU device, or what `XLA_FLAGS=--xla_force_host_platform_device_count` says).
-  Has no effect on GPU or TPU devices.
+  CNN trains ~1.6x faster on 2 cores with 2 devices (docs/performance.md). 0 leaves JAX's
+  default (one CPU device, or what `XLA_FLAGS=--xla_force_host_platform_device_count` says) and
+  touches nothing, so `jax.distributed.initialize` may still follow. Has no effect on GPU or TPU
+  devices, nor once JAX has started (then `jax.devices("cpu")` shows what there is).
 
   Args:
     count: CPU devices wanted; 0 for JAX's default.
-
-  Returns:
-    The number of CPU devices JAX has afterwards: `count` unless JAX had already started with
-    another number (then nothing changes; the caller may warn).
 
   Raises:
     ValueError: for a negative `count`.
@@ -50,7 +47,6 @@ def use_cpu_devices(count: int) -> int:
       jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # The backends have started: the count is fixed for this process.
       pass
-  return len(jax.devices("cpu"))
 
 
 def make_mesh(devices=None, fsdp: int = 1) -> Mesh:
