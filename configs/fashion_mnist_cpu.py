@@ -18,7 +18,7 @@ def get_config():
   c = base_config()
   recipes.fashion_mnist(c, batch_size=64)
   c.input.crop_padding = 2
-  c.parallel.cpu_devices = 2  # Two CPU devices on 2 cores: a speed setting, same numbers.
+  c.parallel.cpu_devices = 2  # Two CPU devices on 2 cores: a speed setting (1 device: same maths).
   c.model.name = "simple_cnn"
   c.model.kwargs.features = (32, 64, 128)
   c.model.kwargs.hidden = 512

@@ -187,11 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = os.path.abspath(workdir)
   config_lib.validate(config, num_devices=jax.device_count(),
                       task_type=None if task is None else type(task))
-  wanted = config.parallel.cpu_devices
-  if wanted and jax.default_backend() == "cpu" and len(jax.devices("cpu")) != wanted:
+  wanted, have = config.parallel.cpu_devices, len(jax.devices("cpu"))
+  if wanted and jax.default_backend() == "cpu" and have != wanted:
     _say(f"config.parallel.cpu_devices={wanted} not applied: JAX had already started with "
-         f"{len(jax.devices('cpu'))} CPU devices in this process (python -m vision_jax.main "
-         "applies it before JAX starts).", warning=True)
+         f"{have} CPU devices in this process (python -m vision_jax.main applies it before JAX "
+         "starts).", warning=True)
   if not jax.config.jax_threefry_partitionable:
     _say("jax_threefry_partitionable is off: dropout masks then depend on how the batch is "
          "sharded, so runs on other device or process counts will differ.", warning=True)
